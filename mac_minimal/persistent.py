@@ -1,0 +1,231 @@
+"""Persistent memory: learned, input-independent slots that every query can attend to.
+
+Titans eq. (19) prepends ``N_p`` learned vectors to the sequence, ``x_new = [p_1 .. p_Np] || x``
+(Behrouz et al. 2024; persistent memory after Sukhbaatar et al. 2019). Two ways to store them:
+
+``"tokens"`` -- :class:`PrependedPersistentTokens`: ``N_p`` vectors in *model space* (b, n, d)
+    prepended to the layer input. They go through W_Q, W_K, W_V and rotary like any token and
+    sit at positions ``0 .. N_p-1``; the sequence's tokens move to ``N_p + positions``.
+
+``"kv"`` -- :class:`PersistentKV`: ``N_p`` keys and values per head stored directly in
+    *attention space* (h, N_p, head_dim) and concatenated to the keys and values AFTER rotary,
+    so they are never rotated (seed 001's "attention sinks"). Under RoPE an un-rotated key is
+    exactly a key at position 0: a query at position m scores it as ``(R_m q) . p = q . (R_{-m} p)``.
+
+:class:`PersistentAttention` is a small causal self-attention layer that uses either one, with
+:func:`torch.nn.functional.scaled_dot_product_attention` and the boolean mask of
+:func:`causal_mask_with_prefix`: every query sees all persistent slots plus the keys at or
+before its own position.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from mac_minimal.rotary import RotaryEmbedding
+
+__all__ = [
+    "PersistentMemoryConfig",
+    "PersistentAttentionConfig",
+    "PersistentKV",
+    "PrependedPersistentTokens",
+    "PersistentAttention",
+    "causal_mask_with_prefix",
+    "RotaryEmbedding",
+]
+
+MODES = ("kv", "tokens")
+
+
+@dataclass
+class PersistentMemoryConfig:
+    """Sizes of a persistent memory: model width ``dim``, ``heads``, ``num_persistent`` slots."""
+
+    dim: int = 32
+    heads: int = 4
+    num_persistent: int = 4
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.heads < 1:
+            raise ValueError(f"dim and heads must be >= 1, got dim={self.dim}, heads={self.heads}")
+        if self.dim % self.heads != 0:
+            raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
+        if self.num_persistent < 0:
+            raise ValueError(f"num_persistent must be >= 0, got {self.num_persistent}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+@dataclass
+class PersistentAttentionConfig(PersistentMemoryConfig):
+    """A :class:`PersistentMemoryConfig` plus how the slots are stored and the rotary base.
+
+    mode: ``"kv"`` (keys/values in attention space, not rotated) or ``"tokens"`` (prepended
+    model-space tokens at positions 0 .. N_p-1). ``head_dim = dim / heads`` must be even (rotary).
+    """
+
+    mode: str = "kv"
+    rotary_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"rotary needs an even head_dim = dim / heads, got "
+                             f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}")
+
+
+def causal_mask_with_prefix(n_queries: int, n_prefix: int, n_keys: int | None = None,
+                            device: torch.device | str | None = None) -> Tensor:
+    """Boolean attention mask (n_queries, n_prefix + n_keys), True = may attend (SDPA's convention).
+
+    Keys are ``[prefix (n_prefix) | sequence (n_keys)]``. Every query sees the whole prefix
+    (persistent slots). The queries are the last ``n_queries`` of the ``n_keys`` sequence keys
+    (``n_keys`` defaults to ``n_queries``), so query ``i`` sits at sequence index
+    ``n_keys - n_queries + i`` and sees sequence keys at indices ``<=`` that.
+    """
+    n_keys = n_queries if n_keys is None else n_keys
+    if n_queries < 1 or n_prefix < 0 or n_keys < n_queries:
+        raise ValueError("need n_queries >= 1, n_prefix >= 0 and n_keys >= n_queries, got "
+                         f"n_queries={n_queries}, n_prefix={n_prefix}, n_keys={n_keys}")
+    query_index = torch.arange(n_queries, device=device) + (n_keys - n_queries)   # (n_queries,)
+    key_index = torch.arange(n_keys, device=device)                               # (n_keys,)
+    sequence = key_index[None, :] <= query_index[:, None]                         # (n_queries, n_keys)
+    prefix = torch.ones(n_queries, n_prefix, dtype=torch.bool, device=device)
+    return torch.cat((prefix, sequence), dim=1)
+
+
+class PersistentKV(nn.Module):
+    """Learned persistent keys and values in attention space, (h, N_p, head_dim) each (eq. 19, "kv" form).
+
+    They are input-independent and never rotated: :meth:`prepend` puts them in front of keys and
+    values that were already rotated, the same vectors for every batch element, position and segment.
+    """
+
+    def __init__(self, heads: int, num_persistent: int, head_dim: int) -> None:
+        super().__init__()
+        if heads < 1 or head_dim < 1 or num_persistent < 0:
+            raise ValueError("need heads >= 1, head_dim >= 1, num_persistent >= 0, got "
+                             f"heads={heads}, head_dim={head_dim}, num_persistent={num_persistent}")
+        self.heads, self.num_persistent, self.head_dim = heads, num_persistent, head_dim
+        self.keys = nn.Parameter(torch.randn(heads, num_persistent, head_dim))
+        self.values = nn.Parameter(torch.randn(heads, num_persistent, head_dim))
+
+    def prepend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """(b, h, n, head_dim) rotated k and v -> (b, h, N_p + n, head_dim) each, persistent slots first."""
+        expected = f"(b, h={self.heads}, n, head_dim={self.head_dim})"
+        for name, t in (("k", k), ("v", v)):
+            if t.dim() != 4 or t.shape[1] != self.heads or t.shape[3] != self.head_dim:
+                raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+        if k.shape != v.shape:
+            raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        b = k.shape[0]
+        pk = repeat(self.keys, "h p e -> b h p e", b=b).to(k.dtype)
+        pv = repeat(self.values, "h p e -> b h p e", b=b).to(v.dtype)
+        return torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
+
+    forward = prepend
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, num_persistent={self.num_persistent}, head_dim={self.head_dim}"
+
+
+class PrependedPersistentTokens(nn.Module):
+    """Learned persistent tokens in model space, (N_p, d): ``[p_1 .. p_Np] || x`` (eq. 19, "tokens" form)."""
+
+    def __init__(self, num_persistent: int, dim: int) -> None:
+        super().__init__()
+        if num_persistent < 0 or dim < 1:
+            raise ValueError(f"need num_persistent >= 0 and dim >= 1, got num_persistent={num_persistent}, dim={dim}")
+        self.num_persistent, self.dim = num_persistent, dim
+        self.tokens = nn.Parameter(torch.randn(num_persistent, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (b, n, d) -> (b, N_p + n, d), the same learned tokens in front of every sequence."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (b, n, d={self.dim}), got {tuple(x.shape)}")
+        p = repeat(self.tokens, "p d -> b p d", b=x.shape[0]).to(x.dtype)
+        return torch.cat((p, x), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"num_persistent={self.num_persistent}, dim={self.dim}"
+
+
+class PersistentAttention(nn.Module):
+    """Causal multi-head self-attention with rotary positions and persistent memory (eq. 19).
+
+    ``forward(x, positions=None)``: x (b, n, d), integer positions (n,) (default ``0 .. n-1``)
+    -> y (b, n, d). Query i attends all N_p persistent slots and the sequence keys 0 .. i.
+    Only the n sequence tokens produce outputs; in ``"tokens"`` mode the prepended tokens are
+    keys and values only (a single layer never needs their outputs).
+    """
+
+    def __init__(self, config: PersistentAttentionConfig) -> None:
+        super().__init__()
+        if not isinstance(config, PersistentAttentionConfig):
+            raise TypeError(f"config must be a PersistentAttentionConfig, got {type(config).__name__}")
+        self.config = config
+        self.to_qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
+        self.to_out = nn.Linear(config.dim, config.dim, bias=False)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rotary_base)
+        self.persistent: PersistentKV | PrependedPersistentTokens
+        if config.mode == "kv":
+            self.persistent = PersistentKV(config.heads, config.num_persistent, config.head_dim)
+        else:
+            self.persistent = PrependedPersistentTokens(config.num_persistent, config.dim)
+
+    def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.config.dim:
+            raise ValueError(f"x must have shape (b, n, d={self.config.dim}), got {tuple(x.shape)}")
+        n = x.shape[1]
+        if positions is None:
+            return torch.arange(n, device=x.device)
+        if not isinstance(positions, Tensor) or positions.shape != (n,):
+            raise ValueError(f"positions must be an integer tensor of shape (n,) = ({n},), got "
+                             f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
+        return positions
+
+    def qkv(self, x: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated queries (b, h, n, e) and keys, values (b, h, N_p + n, e), persistent slots first."""
+        positions = self._positions(x, positions)
+        if self.config.mode == "tokens":
+            return self._qkv_tokens(x, positions)
+        q, k, v = rearrange(self.to_qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.config.heads)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        k, v = self.persistent.prepend(k, v)   # after rotary: the persistent keys carry no rotation
+        return q, k, v
+
+    def _qkv_tokens(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mode "tokens": the prepended tokens are tokens like any other, at positions 0 .. N_p-1."""
+        num_p = self.config.num_persistent
+        xp = self.persistent(x)                                                    # (b, N_p + n, d)
+        q, k, v = rearrange(self.to_qkv(xp), "b m (three h e) -> three b h m e", three=3, h=self.config.heads)
+        key_positions = torch.cat((torch.arange(num_p, device=positions.device), num_p + positions))
+        q = self.rotary(q[:, :, num_p:], num_p + positions)                        # queries only for x
+        return q, self.rotary(k, key_positions), v
+
+    def _mask(self, q: Tensor) -> Tensor:
+        return causal_mask_with_prefix(q.shape[2], self.config.num_persistent, device=q.device)
+
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """x (b, n, d) -> y (b, n, d); attention by ``scaled_dot_product_attention``."""
+        q, k, v = self.qkv(x, positions)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(q))   # (b, h, n, e)
+        return self.to_out(rearrange(out, "b h n e -> b n (h e)"))
+
+    def attention_weights(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """The weights SDPA uses, written out: softmax(q k^T / sqrt(e) + mask), shape (b, h, n, N_p + n).
+
+        Columns 0 .. N_p-1 are the persistent slots; ``forward`` equals ``to_out(weights @ v)``.
+        """
+        q, k, _ = self.qkv(x, positions)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.config.head_dim)     # (b, h, n, N_p + n)
+        scores = scores.masked_fill(~self._mask(q), float("-inf"))
+        return scores.softmax(dim=-1)

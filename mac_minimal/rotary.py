@@ -1,0 +1,88 @@
+"""Rotary position embedding (RoPE, Su et al. 2021), written out.
+
+A query or key vector of even size ``head_dim`` is cut into ``head_dim / 2`` consecutive
+pairs ``(x[2i], x[2i+1])``. At integer position ``m`` pair ``i`` is rotated by the angle
+``m * theta_i`` with ``theta_i = base ** (-2i / head_dim)``:
+
+    (x[2i], x[2i+1]) -> (x[2i] cos(m theta_i) - x[2i+1] sin(m theta_i),
+                         x[2i] sin(m theta_i) + x[2i+1] cos(m theta_i))
+
+Writing the rotation at position ``m`` as the block-diagonal orthogonal matrix ``R_m``,
+``R_m^T R_n = R_{n-m}``, so ``(R_m q) . (R_n k) = q . (R_{n-m} k)``: after rotation the
+score of a query and a key depends on their positions only through ``n - m``.
+
+Positions are always passed explicitly, so a segment that starts at offset ``s`` of a
+stream is rotated with positions ``s .. s+n-1`` and gives the same vectors as the same
+rows of the whole stream.
+"""
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = ["rotary_angles", "apply_rotary", "RotaryEmbedding"]
+
+
+def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
+    """Angles ``m * theta_i`` of shape (n, head_dim / 2), computed in float64.
+
+    positions: integer tensor (n,). ``theta_i = base ** (-2i / head_dim)``, i = 0 .. head_dim/2 - 1.
+    """
+    if head_dim < 2 or head_dim % 2 != 0:
+        raise ValueError(f"rotary needs an even head_dim >= 2, got head_dim={head_dim}")
+    if base <= 1.0:
+        raise ValueError(f"rotary base must be > 1, got base={base}")
+    if not isinstance(positions, Tensor) or positions.dim() != 1:
+        raise ValueError("positions must be a 1-D integer tensor of shape (n,), got "
+                         f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
+    if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
+        raise TypeError(f"positions must have an integer dtype, got {positions.dtype}")
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim
+    inv_freq = base ** (-exponents)                                  # (head_dim/2,)
+    return positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (n, head_dim/2)
+
+
+def apply_rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotate ``x`` of shape (..., n, head_dim) at integer positions (n,); same shape out.
+
+    Typically x is (b, h, n, head_dim): queries or keys after the head split. The angles are
+    computed in float64 and cast to ``x.dtype``.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (..., n, head_dim), got {tuple(x.shape)}")
+    n, head_dim = x.shape[-2], x.shape[-1]
+    angles = rotary_angles(positions, head_dim, base)
+    if angles.shape[0] != n:
+        raise ValueError(f"positions must have shape (n,) = ({n},) to match x of shape "
+                         f"{tuple(x.shape)}, got {tuple(positions.shape)}")
+    cos = angles.cos().to(device=x.device, dtype=x.dtype)            # (n, head_dim/2)
+    sin = angles.sin().to(device=x.device, dtype=x.dtype)
+    pairs = rearrange(x, "... n (i r) -> ... n i r", r=2)           # consecutive pairs (x[2i], x[2i+1])
+    x_even, x_odd = pairs[..., 0], pairs[..., 1]                     # (..., n, head_dim/2) each
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    return rearrange(rotated, "... n i r -> ... n (i r)")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding for vectors of size ``head_dim`` (no parameters, no cache).
+
+    ``forward(x, positions)``: x (b, h, n, head_dim) -- or any (..., n, head_dim) -- and
+    integer positions (n,) -> rotated x, same shape. See :func:`apply_rotary`.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim < 2 or head_dim % 2 != 0:
+            raise ValueError(f"rotary needs an even head_dim >= 2, got head_dim={head_dim}")
+        if base <= 1.0:
+            raise ValueError(f"rotary base must be > 1, got base={base}")
+        self.head_dim = head_dim
+        self.base = base
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[-1] != self.head_dim:
+            raise ValueError(f"x must have shape (..., n, head_dim={self.head_dim}), got {tuple(x.shape)}")
+        return apply_rotary(x, positions, self.base)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}"
