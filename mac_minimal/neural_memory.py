@@ -1,0 +1,350 @@
+"""The Titans neural long-term memory: an MLP written at test time by gradient descent.
+
+Behrouz, Zhong, Mirrokni 2024 (arXiv 2501.00663 v1). The memory is a small MLP
+
+    M(x) = x + LN(W1 gelu(W2 x))          (the paper's implementation notes)
+
+whose weights are *fast weights*: they change while the model reads its input.
+Writing a token ``x_t`` is one step of gradient descent with momentum and decay
+on the associative loss of eq. (12):
+
+    k_t = normalize(silu(x_t W_K)),  v_t = silu(x_t W_V)           (11)
+    l(M; x_t) = ||M(k_t) - v_t||^2                                 (12)
+    S_t = eta_t S_{t-1} - theta_t grad l(M_{t-1}; x_t)           (10, 14)
+    M_t = (1 - alpha_t) M_{t-1} + S_t                              (13)
+
+with each token's gradient clipped to norm ``grad_clip`` (a choice of this book, see
+chapter 4: it keeps long streams finite),
+and reading is a forward pass with no update, ``y_t = M*(q_t)`` (15). The rates
+``theta_t`` (step size), ``eta_t`` (momentum) and ``alpha_t`` (forgetting) are
+learned functions of the token.
+
+Two forms of the write, equal for every chunk size ``c``:
+
+* ``write_sequential``: the token loop of eqs. (8)-(14), the reference;
+* ``write``: the chunk-parallel form of eqs. (16)-(18): every gradient of a chunk
+  is taken at the chunk's first weights, all at once (``torch.func.grad`` +
+  ``vmap``), then momentum and forgetting are two linear recurrences solved with
+  the associative scan of chapter 3. ``c = 1`` is exactly the token rule.
+
+Shapes: b batch, n sequence, d model width (``dim``), c chunk, f = expansion * d.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.func import grad, vmap
+
+from mac_minimal.scan import associative_scan
+
+Weights = tuple[Tensor, ...]
+"""Fast weights ``(W2, W1, ln_gain, ln_bias)``; shapes ``(f, d), (d, f), (d,), (d,)``,
+each with leading batch dimensions where the memory is batched."""
+
+
+@dataclass
+class NeuralMemoryConfig:
+    """Hyper-parameters of the neural memory.
+
+    dim: model width d (keys, values, queries and the MLP's input/output).
+    chunk_size: c, tokens whose gradients are taken at the same weights (eq. 16).
+    expansion: hidden width of the MLP is ``expansion * dim`` (paper: 4).
+    max_lr: the step size ``theta_t`` lies in (0, max_lr).
+    grad_clip: bound on the norm of each token's gradient (all fast weights together).
+    ln_eps: epsilon of the layer norm inside the MLP.
+    """
+
+    dim: int = 32
+    chunk_size: int = 4
+    expansion: int = 4
+    max_lr: float = 0.1
+    grad_clip: float = 1.0
+    ln_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "chunk_size", "expansion"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"NeuralMemoryConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("max_lr", "grad_clip", "ln_eps"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"NeuralMemoryConfig.{name} must be > 0, got {value!r}")
+
+
+class NeuralMemoryState(NamedTuple):
+    """What a memory carries from one call to the next (every tensor is per batch element).
+
+    weights: M_t, the fast weights after the last written token, each ``(b, *shape)``.
+    momentum: S_t, same shapes (eq. 14).
+    chunk_weights: the weights at the start of the current chunk, where the gradients of
+        its remaining tokens are taken (eq. 16); equal to ``weights`` when ``offset == 0``.
+    offset: tokens written since the current chunk began, ``0 <= offset < chunk_size``.
+        Chunk boundaries sit at multiples of ``chunk_size`` from the start of the stream,
+        so a write split anywhere equals one write.
+    """
+
+    weights: Weights
+    momentum: Weights
+    chunk_weights: Weights
+    offset: int
+
+
+def memory_mlp(weights: Weights, x: Tensor, eps: float = 1e-5) -> Tensor:
+    """The memory ``M(x) = x + LN(W1 gelu(W2 x))`` for ONE set of fast weights.
+
+    weights: ``(W2 (f, d), W1 (d, f), gain (d,), bias (d,))``; the layer norm's affine
+    gain and bias are fast weights too. x: ``(..., d)`` -> ``(..., d)``. Batch it with
+    ``torch.func.vmap``.
+    """
+    w2, w1, gain, bias = weights
+    out = F.gelu(x @ w2.T) @ w1.T  # (..., f) -> (..., d)
+    # layer norm written out: F.layer_norm's double backward under vmap gives wrong
+    # gradients w.r.t. its input (torch 2.13; pytorch/functorch#534), and training
+    # backpropagates through the gradients of the write
+    centered = out - out.mean(-1, keepdim=True)
+    return x + centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps) * gain + bias
+
+
+def associative_loss(weights: Weights, k: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
+    """Eq. (12): ``l(M; x_t) = ||M(k_t) - v_t||^2`` for one token: k, v ``(d,)`` -> scalar."""
+    return (memory_mlp(weights, k, eps) - v).pow(2).sum()
+
+
+def token_gradients(weights: Weights, k: Tensor, v: Tensor, eps: float = 1e-5) -> Weights:
+    """Eq. (16)'s gradients: ``grad l(M; x_t)`` for every token at the SAME weights, at once.
+
+    weights: each ``(b, *shape)``; k, v: ``(b, n, d)``. Returns one tensor per fast weight,
+    ``(b, n, *shape)``. Differentiable w.r.t. weights, k and v (training backpropagates
+    through the write).
+    """
+    per_token = vmap(grad(associative_loss), in_dims=(None, 0, 0, None))  # tokens share weights
+    return vmap(per_token, in_dims=(0, 0, 0, None))(weights, k, v, eps)  # one memory per batch row
+
+
+def clip_gradients(grads: Weights, bound: float, lead_dims: int) -> Weights:
+    """Scale each token's gradient so that its norm (over all fast weights) is at most ``bound``.
+
+    grads: each ``(*lead, *shape)`` with ``lead_dims`` leading dims (e.g. b, n).
+    ``g * bound / max(||g||, bound)``: the identity for small gradients, a bounded step for
+    surprising ones. Clamping the squared norm before the square root keeps the
+    backward finite at ``g = 0``.
+    """
+    sq_norm = sum(g.pow(2).flatten(lead_dims).sum(-1) for g in grads)  # (*lead)
+    scale = bound / sq_norm.clamp(min=bound**2).sqrt()
+    return tuple(g * scale.reshape(*scale.shape, *([1] * (g.dim() - lead_dims))) for g in grads)
+
+
+def _as_rate(rate: Tensor, like: Tensor) -> Tensor:
+    """Reshape a rate ``(b,)`` or ``(b, c)`` to broadcast against ``like`` ``(b, [c,] *shape)``."""
+    return rate.reshape(*rate.shape, *([1] * (like.dim() - rate.dim())))
+
+
+def flatten_weights(weights: Weights, lead_dims: int) -> Tensor:
+    """Concatenate fast weights, each ``(*lead, *shape)``, into one vector per row ``(*lead, P)``."""
+    return torch.cat([w.flatten(lead_dims) for w in weights], dim=-1)
+
+
+def unflatten_weights(flat: Tensor, shapes: list[torch.Size]) -> Weights:
+    """Inverse of ``flatten_weights``: ``(*lead, P)`` -> one tensor ``(*lead, *shape)`` per shape."""
+    pieces = flat.split([s.numel() for s in shapes], dim=-1)
+    return tuple(p.reshape(*flat.shape[:-1], *s) for p, s in zip(pieces, shapes))
+
+
+class NeuralMemory(nn.Module):
+    """Titans neural long-term memory (eqs. 8-18): write by test-time gradient descent, read by M*.
+
+    Learned ("slow") parameters: the projections W_Q, W_K, W_V, the rate map, and the
+    INITIAL fast weights M_0 (``init_state`` expands them over the batch, so gradients
+    reach them through every write).
+    """
+
+    def __init__(self, config: NeuralMemoryConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, f = config.dim, config.expansion * config.dim
+        self.to_q = nn.Linear(d, d, bias=False)
+        self.to_k = nn.Linear(d, d, bias=False)
+        self.to_v = nn.Linear(d, d, bias=False)
+        # one linear map -> logits of (theta, eta, alpha), see `rates`; small weights, so the rates
+        # start near theta = max_lr / 2, eta = sigmoid(2) ~ 0.88, alpha = sigmoid(-4) ~ 0.018
+        self.to_rates = nn.Linear(d, 3)
+        with torch.no_grad():
+            self.to_rates.weight.mul_(0.1)
+            self.to_rates.bias.copy_(torch.tensor([0.0, 2.0, -4.0]))
+        # M_0: W2 (f, d), W1 (d, f), layer-norm gain and bias (d,). Keys and queries are unit
+        # vectors, so W2 ~ N(0, 1) gives unit-variance pre-activations; the gain d^-1/2 gives
+        # the LN branch a unit norm, like the residual x.
+        self.init_w2 = nn.Parameter(torch.randn(f, d))
+        self.init_w1 = nn.Parameter(torch.randn(d, f) / f**0.5)
+        self.init_ln_gain = nn.Parameter(torch.full((d,), d**-0.5))
+        self.init_ln_bias = nn.Parameter(torch.zeros(d))
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def initial_weights(self) -> Weights:
+        """M_0 as ``(W2, W1, ln_gain, ln_bias)``, unbatched."""
+        return (self.init_w2, self.init_w1, self.init_ln_gain, self.init_ln_bias)
+
+    def init_state(self, batch_size: int) -> NeuralMemoryState:
+        """A fresh memory per batch element: M_0 expanded over the batch, zero momentum."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        weights = tuple(p.expand(batch_size, *p.shape) for p in self.initial_weights)
+        momentum = tuple(torch.zeros_like(w) for w in weights)
+        return NeuralMemoryState(weights, momentum, weights, 0)
+
+    def _check(self, x: Tensor, state: NeuralMemoryState | None = None, name: str = "x") -> None:
+        """Raise a ValueError naming the expected shape unless x is (batch, seq >= 1, dim)."""
+        if x.dim() != 3:
+            raise ValueError(f"{name} must have shape (batch, seq, dim), got rank {x.dim()} shape {tuple(x.shape)}")
+        if x.shape[-1] != self.config.dim:
+            raise ValueError(f"{name}'s last dimension must be dim={self.config.dim}, got {x.shape[-1]}")
+        if x.shape[1] < 1:
+            raise ValueError(f"{name} must hold at least one token (seq >= 1), got shape {tuple(x.shape)}")
+        if state is not None and state.weights[0].shape[0] != x.shape[0]:
+            raise ValueError(f"{name} has batch size {x.shape[0]} but the state holds "
+                             f"{state.weights[0].shape[0]} memories (batch size)")
+
+    def _check_kv(self, k: Tensor, v: Tensor, rates: tuple[Tensor, ...], state: NeuralMemoryState) -> None:
+        """Keys and values (b, n, dim), each rate (b, n)."""
+        self._check(k, state, name="k")
+        if v.shape != k.shape:
+            raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+        for name, rate in zip(("theta", "eta", "alpha"), rates):
+            if rate.shape != k.shape[:2]:
+                raise ValueError(f"{name} must have shape (batch, seq) = {tuple(k.shape[:2])}, got {tuple(rate.shape)}")
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. (11) with the paper's SiLU and L2-normalised keys: x (b, n, d) -> k, v (b, n, d)."""
+        return F.normalize(F.silu(self.to_k(x)), dim=-1), F.silu(self.to_v(x))
+
+    def queries(self, x: Tensor) -> Tensor:
+        """Eq. (15)'s ``q_t = normalize(silu(x_t W_Q))``: (b, n, d) -> (b, n, d)."""
+        return F.normalize(F.silu(self.to_q(x)), dim=-1)
+
+    def rates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Data-dependent rates, each (b, n): step ``theta_t`` in (0, max_lr), momentum
+        ``eta_t`` in (0, 1), forgetting ``alpha_t`` in (0, 1) -- sigmoids of one linear map."""
+        logits = torch.sigmoid(self.to_rates(x))  # (b, n, 3)
+        return self.config.max_lr * logits[..., 0], logits[..., 1], logits[..., 2]
+
+    # ---------------------------------------------------------------- write
+    def write_kv(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                 state: NeuralMemoryState) -> NeuralMemoryState:
+        """Chunk-parallel write (eqs. 16-18) of given keys/values (b, n, d) with rates (b, n)."""
+        self._check_kv(k, v, (theta, eta, alpha), state)
+        return self._write_chunks(k, v, theta, eta, alpha, state)[0]
+
+    def _write_chunks(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                      state: NeuralMemoryState, q: Tensor | None = None
+                      ) -> tuple[NeuralMemoryState, Tensor | None]:
+        """Write chunk by chunk; if ``q`` (b, n, d) is given, also read ``y_t = M_t(q_t)``.
+
+        Inside a chunk everything is parallel: the gradients at the chunk's first weights
+        (eq. 16), then momentum (eq. 18) and forgetting (eq. 13) as linear recurrences
+        ``h_t = a_t h_{t-1} + b_t`` by the associative scan, which yields M_t for every token.
+        """
+        cfg = self.config
+        weights, momentum, chunk_weights, offset = state
+        shapes = [p.shape for p in self.initial_weights]
+        # all fast weights as one vector per row, (b, P): two scans per chunk instead of eight
+        flat_weights, flat_momentum = flatten_weights(weights, 1), flatten_weights(momentum, 1)
+        n, start, outputs = k.shape[1], 0, []
+        while start < n:
+            end = min(n, start + cfg.chunk_size - offset)  # stop at the next absolute chunk boundary
+            grads = token_gradients(chunk_weights, k[:, start:end], v[:, start:end], cfg.ln_eps)
+            grads = clip_gradients((flatten_weights(grads, 2),), cfg.grad_clip, lead_dims=2)[0]  # (b, c, P)
+            th, et, al = (r[:, start:end, None] for r in (theta, eta, alpha))  # (b, c, 1)
+            # eq. (18): S_t = eta_t S_{t-1} - theta_t u_t, for every token of the chunk
+            surprise = associative_scan(et, -th * grads, flat_momentum)  # (b, c, P)
+            # eq. (13): M_t = (1 - alpha_t) M_{t-1} + S_t
+            per_token = associative_scan(1 - al, surprise, flat_weights)  # (b, c, P)
+            if q is not None:
+                outputs.append(self._read_per_token(unflatten_weights(per_token, shapes), q[:, start:end]))
+            flat_weights, flat_momentum = per_token[:, -1].clone(), surprise[:, -1].clone()
+            weights = unflatten_weights(flat_weights, shapes)
+            offset = (offset + end - start) % cfg.chunk_size
+            if offset == 0:  # a new chunk starts at the weights just reached
+                chunk_weights = weights
+            start = end
+        y = torch.cat(outputs, dim=1) if q is not None else None
+        return NeuralMemoryState(weights, unflatten_weights(flat_momentum, shapes), chunk_weights, offset), y
+
+    def write(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
+        """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18)."""
+        self._check(x, state)
+        return self.write_kv(*self.keys_values(x), *self.rates(x), state)
+
+    def write_kv_sequential(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                            state: NeuralMemoryState) -> NeuralMemoryState:
+        """Reference token loop of eqs. (8)-(14) for given keys/values (b, n, d), rates (b, n).
+
+        With ``chunk_size > 1`` each gradient is taken at the weights where the token's
+        chunk began, as in eq. (16), so that it equals ``write_kv`` for every chunk size.
+        """
+        self._check_kv(k, v, (theta, eta, alpha), state)
+        cfg = self.config
+        weights, momentum, chunk_weights, offset = state
+        token_grad = vmap(grad(associative_loss), in_dims=(0, 0, 0, None))  # one memory per batch row
+        for t in range(k.shape[1]):
+            # eq. (12)'s gradient at the weights where this token's chunk began, bounded
+            g = clip_gradients(token_grad(chunk_weights, k[:, t], v[:, t], cfg.ln_eps), cfg.grad_clip, lead_dims=1)
+            th, et, al = theta[:, t], eta[:, t], alpha[:, t]  # (b,)
+            # eq. (14): S_t = eta_t S_{t-1} - theta_t grad l(M_{t'}; x_t)
+            momentum = tuple(_as_rate(et, s) * s - _as_rate(th, gi) * gi for s, gi in zip(momentum, g))
+            # eq. (13): M_t = (1 - alpha_t) M_{t-1} + S_t
+            weights = tuple(_as_rate(1 - al, w) * w + s for w, s in zip(weights, momentum))
+            offset = (offset + 1) % cfg.chunk_size
+            if offset == 0:
+                chunk_weights = weights
+        return NeuralMemoryState(weights, momentum, chunk_weights, offset)
+
+    def write_sequential(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
+        """Token-by-token reference of ``write``: x (b, n, d)."""
+        self._check(x, state)
+        return self.write_kv_sequential(*self.keys_values(x), *self.rates(x), state)
+
+    # ---------------------------------------------------------------- read
+    def read(self, q_input: Tensor, state: NeuralMemoryState) -> Tensor:
+        """Eq. (15): ``y_t = M*(q_t)``, every token reads the same memory ``state.weights``.
+
+        q_input: (b, n, d) -> y: (b, n, d). No update.
+        """
+        self._check(q_input, state, name="q_input")
+        return vmap(memory_mlp, in_dims=(0, 0, None))(state.weights, self.queries(q_input), self.config.ln_eps)
+
+    def _read_per_token(self, weights: Weights, q: Tensor) -> Tensor:
+        """``y_t = M_t(q_t)`` with per-token weights ``(b, c, *shape)``, q (b, c, d) -> (b, c, d)."""
+        b = q.shape[0]
+        flat = tuple(rearrange(w, "b c ... -> (b c) ...") for w in weights)
+        y = vmap(memory_mlp, in_dims=(0, 0, None))(flat, rearrange(q, "b c d -> (b c) d"), self.config.ln_eps)
+        return rearrange(y, "(b c) d -> b c d", b=b)
+
+    # ---------------------------------------------------------------- write + read
+    def forward(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
+        """Write x and read it back causally: ``y_t = M_t(q_t)``, M_t = memory after tokens <= t.
+
+        x: (b, n, d) -> y: (b, n, d), and the state after the last token.
+        """
+        self._check(x, state)
+        if state is None:
+            state = self.init_state(x.shape[0])
+        state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=self.queries(x))
+        return y, state
+
+    def forward_sequential(self, x: Tensor, state: NeuralMemoryState | None = None
+                           ) -> tuple[Tensor, NeuralMemoryState]:
+        """Reference of ``forward``: for each token, write it (loop), then read it."""
+        self._check(x, state)
+        if state is None:
+            state = self.init_state(x.shape[0])
+        outputs = []
+        for t in range(x.shape[1]):
+            state = self.write_sequential(x[:, t:t + 1], state)
+            outputs.append(self.read(x[:, t:t + 1], state))
+        return torch.cat(outputs, dim=1), state

@@ -1,0 +1,337 @@
+"""Tests for mac_minimal.neural_memory: the Titans long-term memory (arXiv 2501.00663 v1, eqs. 8-18)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+from torch.testing import assert_close
+
+from mac_minimal.neural_memory import (
+    NeuralMemory,
+    NeuralMemoryConfig,
+    NeuralMemoryState,
+    associative_loss,
+    clip_gradients,
+    memory_mlp,
+    token_gradients,
+)
+
+DIM = 6
+
+
+def make(chunk_size: int = 3, seed: int = 0, **kwargs) -> NeuralMemory:
+    torch.manual_seed(seed)
+    return NeuralMemory(NeuralMemoryConfig(dim=DIM, chunk_size=chunk_size, **kwargs)).double()
+
+
+def tokens(b: int = 2, n: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.randn(b, n, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_states_close(s1: NeuralMemoryState, s2: NeuralMemoryState) -> None:
+    assert s1.offset == s2.offset
+    for field in ("weights", "momentum", "chunk_weights"):
+        for a, b in zip(getattr(s1, field), getattr(s2, field)):
+            assert_close(a, b)
+
+
+def param_grads(model: NeuralMemory, out: torch.Tensor) -> list[torch.Tensor]:
+    weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(7))
+    return list(torch.autograd.grad((out * weights).sum(), list(model.parameters()), materialize_grads=True))
+
+
+def state_summary(state: NeuralMemoryState) -> torch.Tensor:
+    """A scalar that depends on every tensor of the state, for gradient checks."""
+    return sum((w.sin().sum() + 0.5 * s.cos().sum() + 0.25 * c.sum())
+               for w, s, c in zip(state.weights, state.momentum, state.chunk_weights))
+
+
+# ---------------------------------------------------------------- the MLP and its gradient
+def test_memory_mlp_is_residual_layer_norm_mlp():
+    model = make()
+    w2, w1, gain, bias = (p.detach() for p in model.initial_weights)
+    x = tokens(n=4)
+    expected = x + F.layer_norm(F.gelu(x @ w2.T) @ w1.T, (DIM,), gain, bias, 1e-5)
+    assert_close(memory_mlp(model.initial_weights, x), expected)
+
+
+def test_token_gradients_match_autograd_per_token_with_second_order():
+    """vmap(grad) at shared weights == a loop of torch.autograd.grad, and so are their own
+    gradients (this catches F.layer_norm's wrong batched double backward, pytorch/functorch#534)."""
+    model = make()
+    b, n = 2, 4
+    weights = tuple(p.detach().expand(b, *p.shape).clone().requires_grad_() for p in model.initial_weights)
+    k = F.normalize(tokens(b, n, seed=2), dim=-1).requires_grad_()
+    v = tokens(b, n, seed=3).requires_grad_()
+    fast = token_gradients(weights, k, v)
+    per_token = [[torch.autograd.grad(associative_loss(tuple(w[i] for w in weights), k[i, t], v[i, t]),
+                                      weights, create_graph=True) for t in range(n)] for i in range(b)]
+    # grads w.r.t. the batched weights are zero outside row i: keep row i, stack (b, n, *shape)
+    slow = [torch.stack([torch.stack([per_token[i][t][j][i] for t in range(n)]) for i in range(b)])
+            for j in range(4)]
+    for f, s in zip(fast, slow):
+        assert f.shape == s.shape
+        assert_close(f, s)
+    probe = [torch.randn(f.shape, dtype=f.dtype, generator=torch.Generator().manual_seed(j)) for j, f in enumerate(fast)]
+    inputs = (k, v) + weights
+    g_fast = torch.autograd.grad(sum((f * p).sum() for f, p in zip(fast, probe)), inputs)
+    g_slow = torch.autograd.grad(sum((s * p).sum() for s, p in zip(slow, probe)), inputs)
+    for a, c in zip(g_fast, g_slow):
+        assert_close(a, c)
+
+
+def test_clip_gradients_bounds_the_norm_and_keeps_small_ones():
+    big = (torch.full((2, 3, 4), 10.0, dtype=torch.float64), torch.full((2, 3), 10.0, dtype=torch.float64))
+    small = tuple(g * 1e-3 for g in big)
+    clipped = clip_gradients(big, 1.5, lead_dims=1)
+    norms = sum(g.pow(2).flatten(1).sum(-1) for g in clipped).sqrt()
+    assert_close(norms, torch.full((2,), 1.5, dtype=torch.float64))
+    for a, c in zip(clip_gradients(small, 1.5, lead_dims=1), small):
+        assert_close(a, c)
+    zero = torch.zeros(2, 5, dtype=torch.float64, requires_grad=True)
+    (grad_zero,) = torch.autograd.grad(clip_gradients((zero,), 1.0, lead_dims=1)[0].sum(), zero)
+    assert torch.isfinite(grad_zero).all()
+
+
+# ---------------------------------------------------------------- parallel == sequential
+@pytest.mark.parametrize("chunk_size", [1, 3, 4])
+def test_write_equals_write_sequential_values_and_gradients(chunk_size):
+    model = make(chunk_size)
+    x = tokens(n=10)  # not a multiple of 3 or 4
+    fast = model.write(x, model.init_state(2))
+    slow = model.write_sequential(x, model.init_state(2))
+    assert fast.offset == 10 % chunk_size
+    assert_states_close(fast, slow)
+    for a, b in zip(param_grads(model, state_summary(fast)), param_grads(model, state_summary(slow))):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("chunk_size,n", [(1, 5), (3, 7), (4, 9)])
+def test_forward_equals_forward_sequential_values_and_gradients(chunk_size, n):
+    model = make(chunk_size)
+    x = tokens(n=n)
+    y_fast, s_fast = model(x)
+    y_slow, s_slow = model.forward_sequential(x)
+    assert y_fast.shape == (2, n, DIM)
+    assert_close(y_fast, y_slow)
+    assert_states_close(s_fast, s_slow)
+    for a, b in zip(param_grads(model, y_fast), param_grads(model, y_slow)):
+        assert_close(a, b)
+
+
+def test_chunk_size_one_is_the_plain_token_rule():
+    """eqs. (9)-(14) with every gradient at the weights just before the token."""
+    model = make(chunk_size=1)
+    x = tokens(b=1, n=5)
+    k, v = model.keys_values(x)
+    theta, eta, alpha = model.rates(x)
+    weights = [p.detach() for p in model.initial_weights]
+    momentum = [torch.zeros_like(w) for w in weights]
+    for t in range(5):
+        w_req = [w.clone().requires_grad_() for w in weights]
+        g = torch.autograd.grad(associative_loss(w_req, k[0, t], v[0, t]), w_req)
+        norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g))
+        g = [gi * min(1.0, model.config.grad_clip / norm.item()) for gi in g]
+        momentum = [eta[0, t] * s - theta[0, t] * gi for s, gi in zip(momentum, g)]
+        weights = [(1 - alpha[0, t]) * w + s for w, s in zip(weights, momentum)]
+    state = model.write(x, model.init_state(1))
+    for a, b in zip(state.weights, weights):
+        assert_close(a[0], b)
+
+
+# ---------------------------------------------------------------- state carried across calls
+@pytest.mark.parametrize("cuts", [[1], [2], [3], [5], [1, 2], [4, 5, 8], list(range(1, 10))])
+def test_forward_in_pieces_equals_one_forward(cuts):
+    model = make(chunk_size=3)
+    x = tokens(n=10)
+    y_whole, s_whole = model(x)
+    state, outputs = model.init_state(2), []
+    for lo, hi in zip([0] + cuts, cuts + [10]):
+        y, state = model(x[:, lo:hi], state)
+        outputs.append(y)
+    assert_close(torch.cat(outputs, 1), y_whole)
+    assert_states_close(state, s_whole)
+
+
+def test_write_in_pieces_equals_one_write_both_forms():
+    model = make(chunk_size=4)
+    x = tokens(n=11)
+    whole = model.write(x, model.init_state(2))
+    for write in (model.write, model.write_sequential):
+        state = model.init_state(2)
+        for lo, hi in [(0, 1), (1, 6), (6, 7), (7, 11)]:
+            state = write(x[:, lo:hi], state)
+        assert_states_close(state, whole)
+
+
+def test_state_fields_and_offset():
+    model = make(chunk_size=4)
+    state = model.init_state(3)
+    assert isinstance(state, NeuralMemoryState) and state.offset == 0
+    f = model.config.expansion * DIM
+    assert [tuple(w.shape) for w in state.weights] == [(3, f, DIM), (3, DIM, f), (3, DIM), (3, DIM)]
+    assert all(torch.count_nonzero(s) == 0 for s in state.momentum)
+    state = model.write(tokens(b=3, n=6), state)
+    assert state.offset == 2
+    mid = model.write(tokens(b=3, n=2), model.init_state(3))  # a fresh memory 2 tokens in
+    assert mid.offset == 2
+    assert_close(mid.chunk_weights[0], model.init_state(3).weights[0])
+    done = model.write(tokens(b=3, n=8), model.init_state(3))
+    assert done.offset == 0
+    for a, b in zip(done.chunk_weights, done.weights):
+        assert a is b
+
+
+# ---------------------------------------------------------------- read and causality
+def test_read_uses_one_memory_for_every_token_and_matches_forward_at_last_token():
+    model = make(chunk_size=3)
+    x = tokens(n=7)
+    y, state = model(x)
+    q = model.queries(x)
+    read = model.read(x, state)
+    expected = torch.stack([memory_mlp(tuple(w[i] for w in state.weights), q[i]) for i in range(2)])
+    assert_close(read, expected)
+    assert_close(read[:, -1], y[:, -1])  # y_n = M_n(q_n)
+    assert not torch.allclose(read[:, 0], y[:, 0])  # token 0 of forward read M_0+, not M_n
+
+
+@pytest.mark.parametrize("j", [0, 2, 3, 6])
+def test_forward_is_causal_exactly(j):
+    model = make(chunk_size=4)
+    x = tokens(n=9)
+    x2 = x.clone()
+    x2[:, j + 1:] = torch.randn_like(x2[:, j + 1:]) * 3
+    y1, _ = model(x)
+    y2, _ = model(x2)
+    assert torch.equal(y1[:, :j + 1], y2[:, :j + 1])
+    assert not torch.allclose(y1[:, j + 1:], y2[:, j + 1:])
+
+
+def test_batch_rows_are_independent_memories():
+    model = make(chunk_size=3)
+    x = tokens(b=3, n=7)
+    y, _ = model(x)
+    y1, _ = model(x[1:2])
+    assert_close(y[1:2], y1)
+
+
+# ---------------------------------------------------------------- the memory learns
+def test_memory_memorises_pairs_at_test_time():
+    torch.manual_seed(0)
+    d, n = 16, 8
+    model = NeuralMemory(NeuralMemoryConfig(dim=d, chunk_size=1, grad_clip=3.0))
+    k = F.normalize(torch.randn(1, n, d), dim=-1)
+    v = torch.randn(1, n, d) / d**0.5
+    ones = torch.ones(1, n)
+
+    def recall_error(state):
+        y = vmap(memory_mlp)(state.weights, k)
+        return ((y - v).pow(2).sum(-1).mean() / v.pow(2).sum(-1).mean()).item()
+
+    state = model.init_state(1)
+    before = recall_error(state)
+    with torch.no_grad():
+        for _ in range(20):
+            state = model.write_kv_sequential(k, v, 0.05 * ones, 0 * ones, 0 * ones, state)
+    assert before > 1.0
+    assert recall_error(state) < 0.1 * before
+
+
+def test_gradients_reach_initial_weights_and_rates():
+    model = make(chunk_size=2)
+    y, _ = model(tokens(n=5))
+    y.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ---------------------------------------------------------------- long streams stay finite
+def test_forward_on_16k_tokens_is_finite_with_gradients():
+    torch.manual_seed(0)
+    model = NeuralMemory(NeuralMemoryConfig(dim=8, chunk_size=1024))
+    x = 10 * torch.randn(1, 16384, 8)
+    y, state = model(x)
+    y.square().mean().backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in state.weights)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- exercises
+def test_exercise_one_chunk_no_momentum_no_decay_is_one_gradient_step():
+    """One chunk, eta = alpha = 0, no clipping: the write is one step of (full-batch)
+    gradient descent on the summed loss at M_0, eq. (16)."""
+    model = make(chunk_size=6, grad_clip=1e6)
+    k = F.normalize(tokens(b=1, n=6, seed=4), dim=-1)
+    v = tokens(b=1, n=6, seed=5)
+    theta, zeros = torch.full((1, 6), 0.01, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64)
+    state = model.write_kv(k, v, theta, zeros, zeros, model.init_state(1))
+    w0 = [p.detach().clone().requires_grad_() for p in model.initial_weights]
+    total = sum(associative_loss(w0, k[0, t], v[0, t]) for t in range(6))
+    step = [w - 0.01 * g for w, g in zip(w0, torch.autograd.grad(total, w0))]
+    for a, b in zip(state.weights, step):
+        assert_close(a[0], b)
+
+
+def test_exercise_forgetting_alone_shrinks_weights_geometrically():
+    model = make(chunk_size=4)
+    k = F.normalize(tokens(b=1, n=7), dim=-1)
+    zeros = torch.zeros(1, 7, dtype=torch.float64)
+    state = model.write_kv(k, k, zeros, zeros, torch.full((1, 7), 0.1, dtype=torch.float64), model.init_state(1))
+    for a, w0 in zip(state.weights, model.initial_weights):
+        assert_close(a[0], 0.9**7 * w0)
+    # all forgotten (alpha = 1): the weights are zero and the memory is the identity, M(q) = q
+    ones = torch.ones(1, 1, dtype=torch.float64)
+    gone = model.write_kv(k[:, :1], k[:, :1], 0 * ones, 0 * ones, ones, state)
+    x = tokens(b=1, n=3)
+    assert_close(model.read(x, gone), model.queries(x))
+
+
+def test_exercise_momentum_carries_one_surprise_forward():
+    """A single write at t = 0 keeps moving the weights: after n tokens the total step is
+    theta g (1 - eta^n) / (1 - eta)."""
+    model = make(chunk_size=1, grad_clip=1e6)
+    n, eta_value = 8, 0.7
+    k = F.normalize(tokens(b=1, n=n), dim=-1)
+    v = tokens(b=1, n=n, seed=9)
+    theta = torch.zeros(1, n, dtype=torch.float64)
+    theta[0, 0] = 0.02
+    eta = torch.full((1, n), eta_value, dtype=torch.float64)
+    state = model.write_kv(k, v, theta, eta, torch.zeros(1, n, dtype=torch.float64), model.init_state(1))
+    w0 = [p.detach().clone().requires_grad_() for p in model.initial_weights]
+    g = torch.autograd.grad(associative_loss(w0, k[0, 0], v[0, 0]), w0)
+    for a, w, gi in zip(state.weights, w0, g):
+        assert_close(a[0], w - 0.02 * gi * (1 - eta_value**n) / (1 - eta_value))
+
+
+# ---------------------------------------------------------------- clear errors
+def test_config_errors():
+    with pytest.raises(ValueError, match="chunk_size"):
+        NeuralMemoryConfig(chunk_size=0)
+    with pytest.raises(ValueError, match="dim"):
+        NeuralMemoryConfig(dim=0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        NeuralMemoryConfig(grad_clip=0.0)
+
+
+def test_input_errors():
+    model = make()
+    state = model.init_state(2)
+    with pytest.raises(ValueError, match=r"\(batch, seq, dim\)"):
+        model(torch.randn(4, DIM, dtype=torch.float64))
+    with pytest.raises(ValueError, match=f"dim={DIM}"):
+        model.write(torch.randn(2, 3, DIM + 1, dtype=torch.float64), state)
+    with pytest.raises(ValueError, match="batch size"):
+        model(tokens(b=3, n=4), state)
+    with pytest.raises(ValueError, match="batch size"):
+        model.read(tokens(b=1, n=4), state)
+    with pytest.raises(ValueError, match="seq >= 1"):
+        model(tokens(n=0))
+    with pytest.raises(ValueError, match="batch_size"):
+        model.init_state(0)
+    k = tokens(n=4)
+    ones = torch.ones(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        model.write_kv(k, k, ones[:, :3], ones, ones, state)
+    with pytest.raises(ValueError, match="v must have"):
+        model.write_kv_sequential(k, k[:, :3], ones, ones, ones, state)
