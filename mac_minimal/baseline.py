@@ -1,0 +1,147 @@
+"""The O(n^2) reference of chapter 8: a plain causal transformer with full attention.
+
+Every token attends to every earlier token of the whole sequence, so it needs no memory to
+recall a fact from far back: it is the accuracy MAC should approach, at a cost that grows with
+``n^2`` where MAC's grows with ``n * segment_len``. Nothing here is new; it is the standard
+pre-norm decoder (Vaswani et al. 2017, with the norm moved before each sublayer as in GPT-2),
+written small and plain so the comparison is about memory, not about tricks:
+
+* token embedding, then ``depth`` blocks ``x = x + Attn(LN(x))``, ``x = x + MLP(LN(x))``,
+  then a final LayerNorm and a linear head to ``vocab_size`` logits;
+* positions by rotary embedding on queries and keys (:mod:`mac_minimal.rotary`, the same one
+  the MAC model uses) or by a learned absolute position table;
+* attention by ``F.scaled_dot_product_attention(..., is_causal=True)``, which dispatches to a
+  fused (flash / memory-efficient) kernel on a GPU.
+
+``forward(tokens, state=None) -> (logits, None)`` has the signature of ``MACTransformer`` so the
+trainer can treat all models alike; full attention carries no state between calls.
+Shapes: ``b`` batch, ``n`` sequence, ``d`` model dim, ``h`` heads, ``e`` head dim (d / h).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mac_minimal.rotary import apply_rotary
+
+__all__ = ["FullAttentionConfig", "causal_attention", "FullAttentionTransformer"]
+
+POSITIONS = ("rotary", "learned")
+
+
+@dataclass
+class FullAttentionConfig:
+    """Size of the full-attention reference.
+
+    ``mlp_hidden`` is the width of each block's MLP (0 means ``4 * dim``); the trainer sets it
+    to bring the parameter count level with the MAC model. ``max_seq_len`` bounds the learned
+    position table and is unused with rotary positions.
+    """
+
+    vocab_size: int = 256
+    dim: int = 32
+    depth: int = 2
+    heads: int = 4
+    mlp_hidden: int = 0
+    positions: str = "rotary"
+    max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "depth", "heads", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mlp_hidden < 0:
+            raise ValueError(f"mlp_hidden must be >= 0 (0 means 4 * dim), got {self.mlp_hidden}")
+        if self.dim % self.heads != 0:
+            raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "rotary" and (self.dim // self.heads) % 2 != 0:
+            raise ValueError("rotary positions need an even head dim dim / heads, got "
+                             f"dim={self.dim}, heads={self.heads}")
+
+    @property
+    def hidden(self) -> int:
+        """The MLP width actually used."""
+        return self.mlp_hidden or 4 * self.dim
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax attention, (b, h, n, e) x3 -> (b, h, n, e).
+
+    ``softmax(q k^T / sqrt(e) + mask) v`` where the mask forbids key ``j > i`` for query ``i``.
+    One call to ``scaled_dot_product_attention``: on a GPU it never materialises the (n, n)
+    score matrix (flash attention), on a CPU it is the plain formula.
+    """
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class Block(nn.Module):
+    """One pre-norm block: ``x + Attn(LN(x))`` then ``+ MLP(LN(x))``; (b, n, d) -> (b, n, d)."""
+
+    def __init__(self, config: FullAttentionConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.rotary = config.positions == "rotary"
+        self.norm_attn = nn.LayerNorm(config.dim)
+        self.to_qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
+        self.to_out = nn.Linear(config.dim, config.dim, bias=False)
+        self.norm_mlp = nn.LayerNorm(config.dim)
+        self.mlp = nn.Sequential(nn.Linear(config.dim, config.hidden), nn.GELU(),
+                                 nn.Linear(config.hidden, config.dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.to_qkv(self.norm_attn(x))                               # (b, n, 3d)
+        q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.heads)
+        if self.rotary:
+            positions = torch.arange(x.shape[1], device=x.device)
+            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+        y = rearrange(causal_attention(q, k, v), "b h n e -> b n (h e)")
+        x = x + self.to_out(y)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class FullAttentionTransformer(nn.Module):
+    """Causal language model with full attention; ``forward(tokens) -> (logits, None)``.
+
+    tokens: int64 (b, n) with values in ``[0, vocab_size)``; logits: (b, n, vocab_size), where
+    ``logits[:, i]`` predicts token ``i + 1`` from tokens ``0 .. i`` only.
+    """
+
+    def __init__(self, config: FullAttentionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.pos_embed = (nn.Embedding(config.max_seq_len, config.dim)
+                          if config.positions == "learned" else None)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+
+    def _check(self, tokens: Tensor, state: None) -> None:
+        if state is not None:
+            raise ValueError("full attention carries no state between calls: state must be None "
+                             "(pass the whole sequence at once)")
+        if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64:
+            raise TypeError("tokens must be an int64 tensor of shape (b, n), got "
+                            f"{tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__}")
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must have shape (b, n) with n >= 1, got {tuple(tokens.shape)}")
+        if self.pos_embed is not None and tokens.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"learned positions cover n <= max_seq_len={self.config.max_seq_len}, "
+                             f"got n={tokens.shape[1]}")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise IndexError(f"tokens must lie in [0, vocab_size={self.config.vocab_size}), got values in "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+    def forward(self, tokens: Tensor, state: None = None) -> tuple[Tensor, None]:
+        self._check(tokens, state)
+        x = self.embed(tokens)                                             # (b, n, d)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(tokens.shape[1], device=tokens.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)), None                               # (b, n, vocab)

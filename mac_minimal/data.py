@@ -1,0 +1,228 @@
+"""Training data for chapter 8, all generated or read locally (nothing is downloaded).
+
+Two tasks:
+
+**Long-range recall** (a scaled-down needle in a haystack). A stream of random filler tokens
+holds ``F`` key-value facts; ``distance`` tokens later the same keys are queried in a shuffled
+order and the model must answer each with its value. Token layout (vocabulary of
+:class:`RecallTask`, every range disjoint)::
+
+    ids 0, 1, 2            the markers KEY, VALUE, QUERY
+    [3, 3 + K)             keys
+    [.., .. + V)           values
+    [.., .. + R)           filler
+
+    stream:  filler ... KEY k1 VALUE v1 ... KEY kF VALUE vF  filler ...  QUERY kπ1 VALUE vπ1 ... QUERY kπF VALUE vπF
+             |<------------ distance ------------>|
+             fact block start                      query block start (the last 4F tokens)
+
+Each fact and each query is 4 tokens; the queries fill the last ``4F`` tokens and start exactly
+``distance`` tokens after the facts start. So the answer to the fact in place ``i`` asked in
+place ``j`` lies ``distance + 4 (j - i)`` tokens after its value; over a sequence these
+distances average exactly ``distance``. Queries come in a shuffled order so that the key, not
+the position, says which value is asked. The loss and the accuracy count only the ``F`` answer
+tokens (``mask``); every other target is noise (filler, random keys and values) that no model
+can predict.
+
+**Language modelling** on real text every machine already has: the source files of the Python
+standard library, walked in a fixed order and cut at a byte budget (or any file given by path).
+Byte-level tokens (vocabulary 256), a contiguous train/validation split, loss in bits per byte.
+
+A batch is always ``Batch(inputs, targets, mask)``: int64 (b, n) inputs, targets = inputs shifted
+by one (the next token), and a bool (b, n) mask of the targets that count.
+"""
+
+import hashlib
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Batch", "RecallTask", "KEY", "VALUE", "QUERY", "recall_distance_range", "recall_batch",
+           "stdlib_files", "read_corpus", "split_corpus", "lm_batch", "lm_eval_batches"]
+
+KEY, VALUE, QUERY = 0, 1, 2
+TOKENS_PER_FACT = 4  # KEY k VALUE v (a query is QUERY k VALUE v)
+STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+class Batch(NamedTuple):
+    """inputs (b, n) int64; targets (b, n) int64, ``targets[:, t]`` = token after ``inputs[:, t]``;
+    mask (b, n) bool, the targets that enter the loss."""
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in self))
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RecallTask:
+    """Vocabulary of the recall task: 3 markers, then ``num_keys`` keys, ``num_values`` values,
+    ``num_filler`` filler tokens (disjoint id ranges, in that order)."""
+
+    num_keys: int = 32
+    num_values: int = 32
+    num_filler: int = 32
+
+    def __post_init__(self) -> None:
+        _check_positive(num_keys=self.num_keys, num_values=self.num_values, num_filler=self.num_filler)
+
+    @property
+    def key_start(self) -> int:
+        return 3
+
+    @property
+    def value_start(self) -> int:
+        return self.key_start + self.num_keys
+
+    @property
+    def filler_start(self) -> int:
+        return self.value_start + self.num_values
+
+    @property
+    def vocab_size(self) -> int:
+        return self.filler_start + self.num_filler
+
+
+def recall_distance_range(seq_len: int, num_facts: int) -> tuple[int, int]:
+    """Smallest and largest ``distance`` (inclusive) for ``recall_batch(.., seq_len, .., num_facts)``.
+
+    The fact block must end before the query block starts (``distance >= 4F``) and start inside
+    the stream of ``seq_len + 1`` tokens (``distance <= seq_len + 1 - 4F``).
+    """
+    _check_positive(seq_len=seq_len, num_facts=num_facts)
+    low, high = TOKENS_PER_FACT * num_facts, seq_len + 1 - TOKENS_PER_FACT * num_facts
+    if high < low:
+        raise ValueError(f"seq_len={seq_len} is too short for num_facts={num_facts}: "
+                         f"need seq_len >= {2 * low - 1}")
+    return low, high
+
+
+def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
+                 generator: torch.Generator, task: RecallTask = RecallTask()) -> Batch:
+    """A batch of the recall task, a deterministic function of the generator's state.
+
+    Returns ``Batch`` with inputs/targets (b, n=seq_len) and a mask with exactly ``num_facts``
+    True entries per row: the positions whose target is an answer (the input there is the VALUE
+    marker of a query). See the module docstring for the layout.
+    """
+    _check_positive(batch_size=batch_size)
+    low, high = recall_distance_range(seq_len, num_facts)
+    if num_facts > task.num_keys:
+        raise ValueError(f"num_facts={num_facts} needs as many distinct keys, task has num_keys={task.num_keys}")
+    if not low <= distance <= high:
+        raise ValueError(f"distance must lie in [{low}, {high}] for seq_len={seq_len}, "
+                         f"num_facts={num_facts}, got {distance}")
+    b, f, length = batch_size, num_facts, seq_len + 1
+    stream = torch.randint(task.filler_start, task.vocab_size, (b, length), generator=generator)
+    keys = torch.rand(b, task.num_keys, generator=generator).argsort(-1)[:, :f] + task.key_start  # distinct
+    values = torch.randint(task.value_start, task.filler_start, (b, f), generator=generator)
+    order = torch.rand(b, f, generator=generator).argsort(-1)  # query j asks fact order[:, j]
+
+    def block(marker: int, k: Tensor, v: Tensor) -> Tensor:     # (b, f) x2 -> (b, 4f)
+        m = torch.full_like(k, marker)
+        return torch.stack((m, k, torch.full_like(k, VALUE), v), dim=-1).reshape(b, TOKENS_PER_FACT * f)
+
+    query_start = length - TOKENS_PER_FACT * f
+    fact_start = query_start - distance
+    stream[:, fact_start : fact_start + TOKENS_PER_FACT * f] = block(KEY, keys, values)
+    stream[:, query_start:] = block(QUERY, keys.gather(1, order), values.gather(1, order))
+    mask = torch.zeros(b, seq_len, dtype=torch.bool)
+    mask[:, query_start + 2 :: TOKENS_PER_FACT] = True  # inputs[t] = the query's VALUE, targets[t] = answer
+    return Batch(stream[:, :-1], stream[:, 1:], mask)
+
+
+def stdlib_files(root: str | os.PathLike | None = None) -> Iterator[Path]:
+    """The ``.py`` files under ``root`` (default: this Python's standard library), in a fixed order.
+
+    A depth-first walk with the entries of each directory sorted by name; third-party
+    packages (``site-packages``, ``dist-packages``), ``__pycache__`` and symbolic links are
+    skipped. The walk is lazy, so a byte budget stops it early.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"] if root is None else root)
+    with os.scandir(root) as entries:
+        ordered = sorted(entries, key=lambda e: e.name)
+    for entry in ordered:
+        if entry.is_symlink() or entry.name in STDLIB_SKIP:
+            continue
+        if entry.is_dir():
+            yield from stdlib_files(entry.path)
+        elif entry.name.endswith(".py"):
+            yield Path(entry.path)
+
+
+def read_corpus(path: str | os.PathLike | None = None, max_bytes: int = 4_000_000) -> tuple[bytes, str]:
+    """Text as bytes and its SHA-256 (hex): the first ``max_bytes`` of the file at ``path``, or with
+    ``path=None`` of the standard library's sources concatenated in :func:`stdlib_files` order.
+
+    The hash goes into every run's metrics, so two runs can be checked to have seen the same
+    text (different Python versions ship different standard libraries).
+    """
+    _check_positive(max_bytes=max_bytes)
+    if path is not None:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes)
+    else:
+        pieces, size = [], 0
+        for file in stdlib_files():
+            pieces.append(file.read_bytes()[: max_bytes - size])
+            size += len(pieces[-1])
+            if size == max_bytes:
+                break
+        data = b"".join(pieces)
+    if not data:
+        raise ValueError(f"no text found at {path if path is not None else 'the standard library'}")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def split_corpus(data: bytes, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """Byte tokens (uint8, to save memory) split into the first ``1 - val_fraction`` for training
+    and the rest for validation: contiguous, so no validation text leaks into training windows."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    cut = len(tokens) - max(1, round(len(tokens) * val_fraction))
+    return tokens[:cut], tokens[cut:]
+
+
+def _windows(tokens: Tensor, starts: Tensor, seq_len: int) -> Batch:
+    index = starts[:, None] + torch.arange(seq_len + 1)               # (b, n + 1)
+    window = tokens[index].long()
+    return Batch(window[:, :-1], window[:, 1:], torch.ones(len(starts), seq_len, dtype=torch.bool))
+
+
+def _check_length(tokens: Tensor, seq_len: int) -> None:
+    _check_positive(seq_len=seq_len)
+    if tokens.dim() != 1 or len(tokens) < seq_len + 1:
+        raise ValueError(f"need a 1-D token tensor of at least seq_len + 1 = {seq_len + 1} tokens, "
+                         f"got shape {tuple(tokens.shape)}")
+
+
+def lm_batch(tokens: Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> Batch:
+    """``batch_size`` windows of ``seq_len + 1`` bytes at random offsets of ``tokens`` (n,)."""
+    _check_positive(batch_size=batch_size)
+    _check_length(tokens, seq_len)
+    starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=generator)
+    return _windows(tokens, starts, seq_len)
+
+
+def lm_eval_batches(tokens: Tensor, batch_size: int, seq_len: int, max_batches: int) -> list[Batch]:
+    """The validation set: consecutive non-overlapping windows from the start of ``tokens``, at
+    most ``max_batches`` batches (the same ones at every evaluation, for every model)."""
+    _check_positive(batch_size=batch_size, max_batches=max_batches)
+    _check_length(tokens, seq_len)
+    starts = torch.arange(0, len(tokens) - seq_len, seq_len)[: batch_size * max_batches]
+    return [_windows(tokens, chunk, seq_len) for chunk in starts.split(batch_size)]
