@@ -1,0 +1,279 @@
+"""Memory As Context (MAC) attention for one segment: Titans eqs. (21)-(25).
+
+Behrouz, Zhong, Mirrokni 2024 (arXiv 2501.00663 v1), section 4.1. For a segment ``S`` (b, c, d)
+and the neural memory ``M_{t-1}`` left by the previous segments:
+
+    h   = M*_{t-1}(q)                  (21)  retrieve, no update; one vector per token of S
+    S~  = [p_1 .. p_Np] || h || S      (22)  persistent memory, retrieved memory, the segment
+    y   = Attn(S~)                     (23)  outputs at the positions of S only
+    M_t = M_{t-1}(y)                   (24)  write y into the memory (chapter 4's chunked write)
+    o   = y (x) M*_t(y)                (25)  combine; the paper leaves (x) open, see ``Combine``
+
+Read literally, two steps leak the future into a causal model, and this module does neither:
+
+* ``h_k`` is computed from token k's query, so token j may attend ``h_k`` only for ``k <= j``:
+  the ``h`` block of the mask is causal like the ``S`` block (:func:`mac_mask`).
+* ``M_t`` absorbed all of ``y``; token j's output must read the memory after ``y_1 .. y_j`` only.
+  ``NeuralMemory.forward`` reads ``M_j(y_j)`` with the per-token states of the chunked write.
+
+The layer can take a segment in pieces (streaming): :class:`MACAttentionState` holds the rotated
+keys/values of the tokens of the unfinished segment and of their retrieved vectors, the memory as
+it stood before the segment (eq. 21 reads it) and the memory after the tokens written so far.
+When a piece completes the segment the state rolls over: caches emptied, the memory just written
+becomes the next segment's ``M_{t-1}``.
+
+Shapes: b batch, c segment (piece) length, f tokens of the segment already cached, d model width,
+h heads, e head width, P ``num_persistent``.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
+from mac_minimal.persistent import PersistentKV, causal_mask_with_prefix
+from mac_minimal.rotary import apply_rotary
+
+__all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention", "mac_mask"]
+
+COMBINES = ("sum", "gate", "mlp")
+
+
+@dataclass
+class MACAttentionConfig:
+    """Hyper-parameters of one MAC attention layer.
+
+    dim: model width d; heads: attention heads (``dim / heads`` must be even, for rotary).
+    segment_len: c, tokens per segment (attention never reaches across a segment boundary).
+    num_persistent: P learned key/value slots per head (eq. 19, chapter 5's ``PersistentKV``).
+    chunk_size: the neural memory's chunk (eq. 16), independent of ``segment_len``.
+    combine: eq. (25)'s (x): ``"sum"`` ``y + M*(y)`` (default, chosen by the recall experiment of
+        ``benchmarks/bench_combine.py``), ``"gate"`` ``y * sigmoid(M*(y))``, ``"mlp"`` ``MLP([y, M*(y)])``.
+    use_memory: False drops the neural memory: attention over ``[persistent | S]`` and ``o = y``.
+    """
+
+    dim: int = 32
+    heads: int = 4
+    segment_len: int = 8
+    num_persistent: int = 4
+    chunk_size: int = 4
+    combine: str = "sum"
+    use_memory: bool = True
+    rotary_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "heads", "segment_len", "chunk_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MACAttentionConfig.{name} must be an int >= 1, got {value!r}")
+        if self.num_persistent < 0:
+            raise ValueError(f"MACAttentionConfig.num_persistent must be >= 0, got {self.num_persistent}")
+        if self.dim % self.heads != 0 or (self.dim // self.heads) % 2 != 0:
+            raise ValueError(f"dim / heads must be an even integer (rotary), got dim={self.dim}, heads={self.heads}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"MACAttentionConfig.combine must be one of {COMBINES}, got {self.combine!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    def memory_config(self) -> NeuralMemoryConfig:
+        """The neural memory of this layer: width ``dim``, chunk ``chunk_size``, other fields default."""
+        return NeuralMemoryConfig(dim=self.dim, chunk_size=self.chunk_size)
+
+
+class MACAttentionState(NamedTuple):
+    """What one MAC layer carries between calls (all tensors per batch element).
+
+    memory_before: M_{t-1}, the memory at the start of the current segment (eq. 21 reads it);
+        None without memory.
+    memory: the memory after writing ``y`` of the current segment's tokens so far (eq. 24);
+        equals ``memory_before`` at a segment start; None without memory.
+    retrieved_keys, retrieved_values: rotated keys/values of ``h_0 .. h_{f-1}``, (b, h, f, e);
+        f = 0 without memory.
+    keys, values: rotated keys/values of the segment's tokens ``S_0 .. S_{f-1}``, (b, h, f, e).
+    """
+
+    memory_before: NeuralMemoryState | None
+    memory: NeuralMemoryState | None
+    retrieved_keys: Tensor
+    retrieved_values: Tensor
+    keys: Tensor
+    values: Tensor
+
+    @property
+    def filled(self) -> int:
+        """f: tokens of the current segment already seen."""
+        return self.keys.shape[2]
+
+
+def mac_mask(n_queries: int, filled: int, num_persistent: int, retrieved: bool = True,
+             device: torch.device | str | None = None) -> Tensor:
+    """Boolean SDPA mask (c, P + [f + c] + f + c) over keys ``[persistent | h | S]``, True = attend.
+
+    The c queries are the segment's tokens at indices ``f .. f + c - 1``. Query i sees every
+    persistent slot, ``h_k`` for ``k <= f + i`` (eq. 21's retrieval for token k used token k's
+    query, so a later ``h_k`` would leak token k) and ``S_k`` for ``k <= f + i``. Both causal
+    blocks are chapter 5's :func:`causal_mask_with_prefix`. ``retrieved=False``: no ``h`` block.
+    """
+    prefix_and_s = causal_mask_with_prefix(n_queries, num_persistent, filled + n_queries, device=device)
+    if not retrieved:
+        return prefix_and_s
+    causal = prefix_and_s[:, num_persistent:]                       # (c, f + c), k <= f + i
+    return torch.cat((prefix_and_s[:, :num_persistent], causal, causal), dim=1)
+
+
+class Combine(nn.Module):
+    """Eq. (25): ``o = y (x) m`` with ``m = M*_t(y)``; y, m (b, c, d) -> o (b, c, d).
+
+    ``"sum"``: ``y + m`` (the default); ``"gate"``: ``y * sigmoid(m)`` (the memory scales each
+    feature of the attention output); ``"mlp"``: ``W_2 gelu(W_1 [y, m])`` (seed 001's "mlp to mix memory
+    output back"), the only variant with parameters (3 d^2 + 2 d).
+    """
+
+    def __init__(self, dim: int, kind: str = "sum") -> None:
+        super().__init__()
+        if kind not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {kind!r}")
+        self.kind = kind
+        if kind == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, y: Tensor, m: Tensor) -> Tensor:
+        if self.kind == "sum":
+            return y + m
+        if self.kind == "gate":
+            return y * torch.sigmoid(m)
+        return self.mlp(torch.cat((y, m), dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+class MACAttention(nn.Module):
+    """One MAC layer: eqs. (21)-(25) over a segment, or a piece of one, with its state.
+
+    ``forward(x, state=None) -> (o, state)``: x (b, c, d) is the (normalised) segment input,
+    ``c <= segment_len - state.filled``. Learned parameters: ``to_q``, ``to_kv``, ``to_out``
+    (shared by ``h`` and ``S``, which are tokens of one sequence ``S~``), the persistent keys and
+    values, the neural memory's slow weights and, for ``combine="mlp"``, the combine MLP.
+    """
+
+    def __init__(self, config: MACAttentionConfig) -> None:
+        super().__init__()
+        if not isinstance(config, MACAttentionConfig):
+            raise TypeError(f"config must be a MACAttentionConfig, got {type(config).__name__}")
+        self.config = config
+        d = config.dim
+        self.to_q = nn.Linear(d, d, bias=False)
+        self.to_kv = nn.Linear(d, 2 * d, bias=False)
+        self.to_out = nn.Linear(d, d, bias=False)
+        self.persistent = PersistentKV(config.heads, config.num_persistent, config.head_dim)
+        self.memory: NeuralMemory | None = None
+        self.combine: Combine | None = None
+        if config.use_memory:
+            self.memory = NeuralMemory(config.memory_config())
+            self.combine = Combine(d, config.combine)
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, batch_size: int) -> MACAttentionState:
+        """State at a segment start: empty caches (b, h, 0, e) and a fresh memory ``M_0``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        w = self.to_q.weight
+        empty = w.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
+        memory = self.memory.init_state(batch_size) if self.memory is not None else None
+        return MACAttentionState(memory, memory, empty, empty, empty, empty)
+
+    def _prepare(self, x: Tensor, state: MACAttentionState | None) -> MACAttentionState:
+        """Check x (b, c, d) against the config and the state; a fresh state if None."""
+        cfg = self.config
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != cfg.dim:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (b, c, d={cfg.dim}), got {shape}")
+        state = self.init_state(x.shape[0]) if state is None else state
+        if not isinstance(state, MACAttentionState):
+            raise TypeError(f"state must be a MACAttentionState or None, got {type(state).__name__}")
+        if x.shape[0] != state.keys.shape[0]:
+            raise ValueError(f"x has batch size {x.shape[0]} but the state holds {state.keys.shape[0]}")
+        room = cfg.segment_len - state.filled
+        if not 1 <= x.shape[1] <= room:
+            raise ValueError(f"x must hold 1 .. {room} tokens (segment_len={cfg.segment_len}, "
+                             f"{state.filled} already in this segment), got {x.shape[1]}")
+        return state
+
+    # ------------------------------------------------------------------ eqs. (21)-(23)
+    def retrieve(self, x: Tensor, state: MACAttentionState) -> Tensor:
+        """Eq. (21): ``h = M*_{t-1}(q)``, x (b, c, d) -> h (b, c, d) from ``state.memory_before``."""
+        return self.memory.read(x, state.memory_before)
+
+    def qkv(self, x: Tensor, h: Tensor | None, state: MACAttentionState
+            ) -> tuple[Tensor, Tensor, Tensor, MACAttentionState]:
+        """Eq. (22): rotated queries of S (b, h, c, e) and keys/values of ``[persistent | h | S]``.
+
+        Keys/values are (b, h, P + [f + c] + f + c, e) including the cached ones; also returns the
+        state with the caches extended by this piece. Rotary positions are positions inside the
+        segment, ``f .. f + c - 1``; ``h_k`` shares token k's position; persistent slots are
+        prepended after rotary (no position).
+        """
+        cfg = self.config
+        f, c = state.filled, x.shape[1]
+        positions = torch.arange(f, f + c, device=x.device)
+
+        def heads(t: Tensor) -> Tensor:                               # (b, c, d) -> (b, h, c, e)
+            return rearrange(t, "b c (h e) -> b h c e", h=cfg.heads)
+
+        q = apply_rotary(heads(self.to_q(x)), positions, cfg.rotary_base)
+        k, v = (heads(t) for t in self.to_kv(x).chunk(2, dim=-1))
+        keys = torch.cat((state.keys, apply_rotary(k, positions, cfg.rotary_base)), dim=2)
+        values = torch.cat((state.values, v), dim=2)
+        retrieved_keys, retrieved_values = state.retrieved_keys, state.retrieved_values
+        if h is not None:                                             # same W_K, W_V; h_k at k's position
+            hk, hv = (heads(t) for t in self.to_kv(h).chunk(2, dim=-1))
+            retrieved_keys = torch.cat((retrieved_keys, apply_rotary(hk, positions, cfg.rotary_base)), dim=2)
+            retrieved_values = torch.cat((retrieved_values, hv), dim=2)
+        all_k, all_v = self.persistent.prepend(torch.cat((retrieved_keys, keys), dim=2),
+                                               torch.cat((retrieved_values, values), dim=2))
+        cache = state._replace(retrieved_keys=retrieved_keys, retrieved_values=retrieved_values,
+                               keys=keys, values=values)
+        return q, all_k, all_v, cache
+
+    def mask(self, n_queries: int, filled: int, device: torch.device | str | None = None) -> Tensor:
+        """This layer's :func:`mac_mask` (no ``h`` block without memory)."""
+        return mac_mask(n_queries, filled, self.config.num_persistent, self.memory is not None, device)
+
+    def attend(self, x: Tensor, h: Tensor | None, state: MACAttentionState) -> tuple[Tensor, MACAttentionState]:
+        """Eqs. (22)-(23): ``y = Attn([persistent | h | S])`` at the positions of S, (b, c, d)."""
+        q, k, v, cache = self.qkv(x, h, state)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(x.shape[1], state.filled, x.device))
+        return self.to_out(rearrange(out, "b h c e -> b c (h e)")), cache
+
+    def attention_weights(self, x: Tensor, state: MACAttentionState | None = None) -> Tensor:
+        """The weights of eq. (23) written out, (b, h, c, P + [f + c] + f + c), columns ``[P | h | S]``."""
+        state = self._prepare(x, state)
+        h = self.retrieve(x, state) if self.memory is not None else None
+        q, k, _, _ = self.qkv(x, h, state)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.config.head_dim)
+        return scores.masked_fill(~self.mask(x.shape[1], state.filled, x.device), float("-inf")).softmax(-1)
+
+    # ------------------------------------------------------------------ all of it
+    def forward(self, x: Tensor, state: MACAttentionState | None = None) -> tuple[Tensor, MACAttentionState]:
+        """Eqs. (21)-(25) for a segment or a piece of one: x (b, c, d) -> o (b, c, d), next state."""
+        state = self._prepare(x, state)
+        if self.memory is None:
+            o, state = self.attend(x, None, state)
+        else:
+            h = self.retrieve(x, state)                                   # (21)
+            y, state = self.attend(x, h, state)                           # (22)-(23)
+            m, memory = self.memory(y, state.memory)                      # (24), m_j = M_j(y_j)
+            o = self.combine(y, m)                                        # (25)
+            state = state._replace(memory=memory)
+        if state.filled == self.config.segment_len:                      # segment done: roll over
+            empty = state.keys.new_zeros(x.shape[0], self.config.heads, 0, self.config.head_dim)
+            state = MACAttentionState(state.memory, state.memory, empty, empty, empty, empty)
+        return o, state

@@ -1,0 +1,243 @@
+"""MAC attention (eqs. 21-25): a written-out reference, causality against the naive forms, state."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mac_minimal.mac_attention import COMBINES, Combine, MACAttention, MACAttentionConfig, mac_mask
+
+B, C, D = 2, 6, 16
+
+
+def make(combine: str = "sum", use_memory: bool = True, seed: int = 0, **kw) -> MACAttention:
+    torch.manual_seed(seed)
+    cfg = MACAttentionConfig(dim=D, heads=2, segment_len=C, num_persistent=3, chunk_size=4,
+                             combine=combine, use_memory=use_memory, **kw)
+    return MACAttention(cfg).double()
+
+
+def inputs(seed: int = 1, n: int = C) -> torch.Tensor:
+    return torch.randn(B, n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def written_state(attn: MACAttention, seed: int = 2):
+    """A state whose memory has already absorbed a segment, so that eq. (21) retrieves something."""
+    _, state = attn(inputs(seed))
+    return state
+
+
+def reference(attn: MACAttention, x: torch.Tensor, state) -> torch.Tensor:
+    """Eqs. (21)-(25) written out one token at a time, with the token loop of the memory write."""
+    cfg = attn.config
+    e = cfg.head_dim
+    h = attn.memory.read(x, state.memory_before)                                 # (21)
+    heads = lambda t: rearrange(t, "b c (h e) -> b h c e", h=cfg.heads)
+    q = heads(attn.to_q(x))
+    k, v = (heads(t) for t in attn.to_kv(x).chunk(2, -1))
+    hk, hv = (heads(t) for t in attn.to_kv(h).chunk(2, -1))
+    ys = []
+    for j in range(x.shape[1]):
+        qj = apply_rotation(q[:, :, j], j)
+        keys = [attn.persistent.keys.expand(x.shape[0], -1, -1, -1)]                  # no position
+        values = [attn.persistent.values.expand(x.shape[0], -1, -1, -1)]
+        keys += [torch.stack([apply_rotation(hk[:, :, i], i) for i in range(j + 1)], 2),          # h_0 .. h_j
+                 torch.stack([apply_rotation(k[:, :, i], i) for i in range(j + 1)], 2)]           # S_0 .. S_j
+        values += [hv[:, :, :j + 1], v[:, :, :j + 1]]
+        keys, values = torch.cat(keys, 2), torch.cat(values, 2)
+        weights = torch.softmax(torch.einsum("bhe,bhke->bhk", qj, keys) / math.sqrt(e), -1)
+        ys.append(torch.einsum("bhk,bhke->bhe", weights, values))
+    y = attn.to_out(rearrange(torch.stack(ys, 2), "b h c e -> b c (h e)"))       # (22)-(23)
+    m, _ = attn.memory.forward_sequential(y, state.memory)                       # (24), token loop: M_j(y_j)
+    return attn.combine(y, m)                                                    # (25)
+
+
+def apply_rotation(t: torch.Tensor, pos: int) -> torch.Tensor:
+    """Rotate the pairs (t[2i], t[2i+1]) of t (..., e) by pos * 10000^(-2i/e): RoPE by hand."""
+    e = t.shape[-1]
+    angle = pos * 10000.0 ** (-torch.arange(0, e, 2, dtype=torch.float64) / e)
+    even, odd = t[..., 0::2], t[..., 1::2]
+    out = torch.stack((even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()), -1)
+    return out.flatten(-2)
+
+
+# ---------------------------------------------------------------- the naive (leaky) readings
+def naive(attn: MACAttention, x: torch.Tensor, state, leaky_retrieval: bool, leaky_combine: bool):
+    """Eqs. (21)-(25) read literally: every token sees all of h, and/or reads the end-of-segment memory."""
+    h = attn.retrieve(x, state)
+    q, k, v, _ = attn.qkv(x, h, state)
+    mask = attn.mask(x.shape[1], 0)
+    if leaky_retrieval:
+        c, p = x.shape[1], attn.config.num_persistent
+        mask[:, p:p + c] = True                                     # token j sees h_k for every k
+    y = attn.to_out(rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "b h c e -> b c (h e)"))
+    if leaky_combine:
+        m = attn.memory.read(y, attn.memory.write(y, state.memory))  # M_t after ALL of y
+    else:
+        m, _ = attn.memory(y, state.memory)
+    return attn.combine(y, m)
+
+
+def leaks(fn, x: torch.Tensor) -> bool:
+    """True if changing tokens after j changes some output at <= j (exact comparison)."""
+    out = fn(x)
+    for j in range(x.shape[1] - 1):
+        x2 = x.clone()
+        x2[:, j + 1:] = torch.randn_like(x2[:, j + 1:])
+        if not torch.equal(fn(x2)[:, :j + 1], out[:, :j + 1]):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+def test_forward_equals_written_out_reference_with_gradients(combine):
+    attn = make(combine)
+    state = written_state(attn)
+    x = inputs().requires_grad_()
+    out, _ = attn(x, state)
+    ref = reference(attn, x, state)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    params = [x] + list(attn.parameters())
+    grads = torch.autograd.grad((out * g).sum(), params, allow_unused=True, retain_graph=True)
+    ref_grads = torch.autograd.grad((ref * g).sum(), params, allow_unused=True)
+    for a, r in zip(grads, ref_grads):
+        assert (a is None) == (r is None)
+        if a is not None:
+            torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-10)
+
+
+def test_package_is_causal_and_both_naive_readings_leak():
+    attn = make()
+    state = written_state(attn)
+    x = inputs()
+    assert not leaks(lambda t: attn(t, state)[0], x)
+    assert not leaks(lambda t: naive(attn, t, state, False, False), x)
+    assert leaks(lambda t: naive(attn, t, state, True, False), x)
+    assert leaks(lambda t: naive(attn, t, state, False, True), x)
+    torch.testing.assert_close(naive(attn, x, state, False, False), attn(x, state)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_without_memory_is_causal():
+    attn = make(use_memory=False)
+    assert not leaks(lambda t: attn(t)[0], inputs())
+
+
+def test_mask_matches_its_definition():
+    p, f, c = 2, 3, 4
+    mask = mac_mask(c, f, p)
+    assert mask.shape == (c, p + 2 * (f + c))
+    for i in range(c):
+        for col in range(mask.shape[1]):
+            if col < p:
+                expected = True
+            else:
+                k = (col - p) % (f + c)                      # index in h (first block) or S (second)
+                expected = k <= f + i
+            assert bool(mask[i, col]) == expected
+    torch.testing.assert_close(mac_mask(c, f, p, retrieved=False), torch.cat((mask[:, :p], mask[:, p + f + c:]), 1))
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_pieces_of_a_segment_equal_the_segment(use_memory):
+    attn = make(use_memory=use_memory)
+    state = written_state(attn)
+    x = inputs()
+    whole, end_state = attn(x, state)
+    outs, s = [], state
+    for a, b in [(0, 1), (1, 4), (4, 5), (5, 6)]:
+        o, s = attn(x[:, a:b], s)
+        outs.append(o)
+        assert s.filled == (b % C)
+    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-12, atol=1e-12)
+    if use_memory:
+        for a, b in zip(s.memory.weights, end_state.memory.weights):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_segment_end_rolls_the_state_over():
+    attn = make()
+    state = written_state(attn)
+    x = inputs()
+    out, new = attn(x, state)
+    assert new.filled == 0 and new.retrieved_keys.shape == (B, 2, 0, D // 2)
+    assert new.memory_before is new.memory
+    # eq. (24): the memory after the segment is the old one with y written in
+    h = attn.retrieve(x, state)
+    y, _ = attn.attend(x, h, state)
+    expected = attn.memory.write(y, state.memory)
+    for a, b in zip(new.memory.weights, expected.weights):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # a half-filled segment keeps retrieving from the memory before the segment
+    _, half = attn(x[:, :3], state)
+    assert half.filled == 3 and half.memory_before is state.memory_before
+
+
+def test_retrieval_reads_memory_before_segment():
+    attn = make()
+    state = written_state(attn)
+    x = inputs()
+    torch.testing.assert_close(attn.retrieve(x, state), attn.memory.read(x, state.memory_before))
+    # eq. (21) with a fresh memory differs from eq. (21) with the written one: memory matters
+    fresh = attn.init_state(B)
+    assert not torch.allclose(attn(x, fresh)[0], attn(x, state)[0])
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_attention_weights_are_the_ones_forward_uses(use_memory):
+    attn = make(use_memory=use_memory)
+    state = written_state(attn)
+    x = inputs()
+    w = attn.attention_weights(x, state)
+    p, c = 3, C
+    assert w.shape == (B, 2, c, p + (2 if use_memory else 1) * c)
+    torch.testing.assert_close(w.sum(-1), torch.ones(B, 2, c, dtype=torch.float64))
+    assert torch.all(w[..., ~attn.mask(c, 0)] == 0)
+    h = attn.retrieve(x, state) if use_memory else None
+    _, _, v, _ = attn.qkv(x, h, state)
+    y, _ = attn.attend(x, h, state)
+    torch.testing.assert_close(attn.to_out(rearrange(w @ v, "b h c e -> b c (h e)")), y)
+
+
+def test_combine_variants():
+    y, m = torch.randn(2, 3, D, dtype=torch.float64), torch.randn(2, 3, D, dtype=torch.float64)
+    torch.testing.assert_close(Combine(D, "gate")(y, m), y * torch.sigmoid(m))
+    torch.testing.assert_close(Combine(D, "sum")(y, m), y + m)
+    mlp = Combine(D, "mlp").double()
+    torch.testing.assert_close(mlp(y, m), mlp.mlp(torch.cat((y, m), -1)))
+    assert sum(p.numel() for p in mlp.parameters()) == 3 * D * D + 2 * D
+    assert sum(p.numel() for p in Combine(D, "gate").parameters()) == 0
+    with pytest.raises(ValueError, match="combine must be one of"):
+        Combine(D, "product")
+
+
+def test_without_memory_has_no_memory_parameters():
+    with_memory, without = make(), make(use_memory=False)
+    assert without.memory is None and without.combine is None
+    extra = sum(p.numel() for p in with_memory.memory.parameters())
+    assert sum(p.numel() for p in with_memory.parameters()) - sum(p.numel() for p in without.parameters()) == extra
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="even integer"):
+        MACAttentionConfig(dim=12, heads=4)
+    with pytest.raises(ValueError, match="segment_len must be an int >= 1"):
+        MACAttentionConfig(segment_len=0)
+    with pytest.raises(ValueError, match="combine must be one of"):
+        MACAttentionConfig(combine="concat")
+    with pytest.raises(TypeError, match="MACAttentionConfig"):
+        MACAttention({"dim": 4})
+    attn = make()
+    with pytest.raises(ValueError, match=r"shape \(b, c, d=16\)"):
+        attn(torch.zeros(2, 3, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"shape \(b, c, d=16\)"):
+        attn(torch.zeros(3, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"1 .. 6 tokens"):
+        attn(torch.zeros(2, 7, D, dtype=torch.float64))
+    _, state = attn(inputs()[:, :4])
+    with pytest.raises(ValueError, match=r"1 .. 2 tokens \(segment_len=6, 4 already"):
+        attn(inputs()[:, :3], state)
+    with pytest.raises(ValueError, match="batch size 1 but the state holds 2"):
+        attn(inputs()[:1, :1], state)

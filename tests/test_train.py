@@ -1,0 +1,303 @@
+"""The trainer: exact resume, checkpoint checks, the NaN stop, DDP on CPU, the CLI end to end."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+import mac_minimal.train as train_module
+from mac_minimal.data import KEY, QUERY, VALUE, RecallTask, lm_eval_batches, read_corpus, recall_batch
+from mac_minimal.train import (CheckpointError, NonFiniteLossError, TrainConfig, compute_loss, count_parameters,
+                               evaluate_lm, evaluate_recall, lr_factor, main, model_config, parse_args,
+                               read_metrics, save_checkpoint, setup_runtime, train)
+
+TINY = ["--dim", "16", "--depth", "1", "--heads", "2", "--segment-len", "8", "--chunk-size", "4",
+        "--num-persistent", "2", "--seq-len", "32", "--batch-size", "2", "--num-facts", "2",
+        "--eval-batches", "1", "--eval-distances", "8,20", "--log-every", "1", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def tiny(tmp_path, **overrides) -> TrainConfig:
+    cfg = parse_args(TINY + ["--model", "full_attention", "--out", str(tmp_path / "run")])
+    return replace(cfg, **overrides)
+
+
+def losses(cfg):
+    return [r["loss"] for r in read_metrics(cfg.metrics_path, "train")]
+
+
+# --- schedule, loss, evaluation --------------------------------------------------------------
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    factors = [lr_factor(s, warmup_steps=4, total_steps=20, min_ratio=0.1) for s in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[20] == pytest.approx(0.1)
+    assert factors[12] == pytest.approx(0.55)                       # half-way down the cosine
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+
+
+class Oracle(torch.nn.Module):
+    """Reads the facts and answers every query right (logit 10 on the value, 0 elsewhere)."""
+
+    def __init__(self, task=RecallTask()):
+        super().__init__()
+        self.vocab_size = task.vocab_size
+
+    def forward(self, tokens, state=None):
+        logits = torch.zeros(*tokens.shape, self.vocab_size)
+        for row, seq in enumerate(tokens.tolist()):
+            facts = {seq[p + 1]: seq[p + 3] for p in range(len(seq) - 3) if seq[p] == KEY}
+            for t in range(2, len(seq)):
+                if seq[t] == VALUE and seq[t - 2] == QUERY:
+                    logits[row, t, facts[seq[t - 1]]] = 10.0
+        return logits, None
+
+
+class Constant(torch.nn.Module):
+    """Logits all zero: a uniform prediction whose argmax is token 0."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, tokens, state=None):
+        return torch.zeros(*tokens.shape, self.vocab_size), None
+
+
+def test_evaluate_recall_scores_an_oracle_perfect_and_a_constant_model_at_zero():
+    result = evaluate_recall(Oracle(), [8, 20], seq_len=32, num_facts=2, batch_size=3, num_batches=2)
+    assert result["accuracy"] == {8: 1.0, 20: 1.0} and result["mean_accuracy"] == 1.0
+    zero = evaluate_recall(Constant(RecallTask().vocab_size), [8], seq_len=32, num_facts=2, batch_size=3,
+                           num_batches=1)
+    assert zero["accuracy"] == {8: 0.0} and zero["loss"] == pytest.approx(math.log(RecallTask().vocab_size))
+
+
+def test_loss_counts_only_the_answers():
+    batch = recall_batch(4, 32, 12, 2, torch.Generator().manual_seed(0))
+    answer_loss = math.log1p((RecallTask().vocab_size - 1) * math.exp(-10.0))  # logit 10 on the answer
+    assert compute_loss(Oracle(), batch, torch.device("cpu")).item() == pytest.approx(answer_loss, rel=1e-4)  # float32
+    everywhere = batch._replace(mask=torch.ones_like(batch.mask))   # the oracle is wrong on all the rest
+    assert compute_loss(Oracle(), everywhere, torch.device("cpu")).item() > 3.0
+
+
+def test_evaluate_lm_of_a_uniform_model_is_eight_bits_per_byte():
+    batches = lm_eval_batches(torch.arange(100, dtype=torch.uint8), batch_size=2, seq_len=10, max_batches=3)
+    result = evaluate_lm(Constant(256), batches)
+    assert len(batches) == 3
+    assert result["bpb"] == pytest.approx(8.0) and result["loss"] == pytest.approx(math.log(256))
+
+
+# --- models ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dim, depth", [(48, 2), (64, 2), (96, 2), (128, 2), (128, 4), (256, 4)])
+@pytest.mark.parametrize("vocab_size", [RecallTask().vocab_size, 256])
+def test_models_have_the_same_parameter_budget_within_ten_percent(dim, depth, vocab_size):
+    cfg = TrainConfig(dim=dim, depth=depth)
+    reference = count_parameters("mac", cfg, vocab_size, dim)
+    for name in ("mac_no_memory", "full_attention"):
+        matched = model_config(replace(cfg, model=name), vocab_size)
+        count = count_parameters(name, cfg, vocab_size, matched.dim)
+        assert abs(count / reference - 1) <= 0.10, (name, matched.dim, count, reference)
+
+
+def test_model_configs_from_the_registry():
+    cfg = TrainConfig(dim=64)
+    mac, no_memory = model_config(cfg, 99), model_config(replace(cfg, model="mac_no_memory"), 99)
+    assert mac.use_memory and not no_memory.use_memory and mac.dim == 64 and no_memory.dim > 64
+    assert model_config(replace(cfg, model="full_attention"), 99).vocab_size == 99
+
+
+def test_autocast_is_off_on_the_cpu():
+    with train_module.autocast(torch.device("cpu")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param("mac", marks=pytest.mark.xfail(
+        strict=True, raises=TypeError, reason="the neural memory's scan gets bf16 and fp32 operands")),
+    "mac_no_memory", "full_attention"])
+def test_models_run_forward_and_backward_under_bf16_autocast(name, tmp_path):
+    """The CUDA path autocasts to bf16; CPU autocast exercises the same dtype handling."""
+    cfg = tiny(tmp_path, model=name)
+    model, _ = train_module.build_model(cfg, RecallTask().vocab_size)
+    batch = recall_batch(2, 32, 12, 2, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(batch.inputs)
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    straight = tiny(tmp_path / "a", steps=6, eval_every=3)
+    train(straight)
+
+    class Interrupt(Exception):
+        pass
+
+    real_step, calls = train_module.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Interrupt
+        return real_step(*args, **kwargs)
+
+    resumed = tiny(tmp_path / "b", steps=6, eval_every=3)
+    monkeypatch.setattr(train_module, "train_step", interrupted)
+    with pytest.raises(Interrupt):
+        train(resumed)
+    assert torch.load(resumed.checkpoint_path, weights_only=True)["step"] == 3
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train(replace(resumed, resume=True))
+    assert len(losses(straight)) == 6
+    assert losses(resumed) == losses(straight)                       # exactly, not approximately
+    a = torch.load(straight.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["event"] for r in read_metrics(resumed.metrics_path)].count("start") == 2
+
+
+def test_checkpoint_of_another_model_config_is_rejected(tmp_path):
+    cfg = tiny(tmp_path, steps=1)
+    train(cfg)
+    wider = replace(cfg, dim=32, resume=True)   # full_attention's own width follows mac's --dim
+    saved, requested = model_config(cfg, 99).dim, model_config(wider, 99).dim
+    with pytest.raises(CheckpointError, match=f"differing fields: dim: checkpoint {saved}, requested {requested}$"):
+        train(wider)
+    with pytest.raises(CheckpointError, match=f"fields: depth: checkpoint 1, requested 2; dim: checkpoint {saved},"):
+        train(replace(wider, depth=2))
+    with pytest.raises(CheckpointError, match="holds model 'full_attention', requested 'mac_no_memory'"):
+        train(replace(cfg, model="mac_no_memory", resume=True))
+    with pytest.raises(CheckpointError, match="exists: pass --resume"):
+        train(cfg)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        train(replace(cfg, out=str(tmp_path / "elsewhere"), resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss, calls = train_module.compute_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    cfg = tiny(tmp_path, steps=8, eval_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan .* at step 5; .* last good checkpoint is"):
+        train(cfg)
+    out = cfg.checkpoint_path.parent
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 4
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    events = read_metrics(out / "metrics.jsonl")
+    assert events[-1]["event"] == "nonfinite" and events[-1]["step"] == 5
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("error, status", [(NonFiniteLossError("non-finite loss nan"), 3),
+                                           (CheckpointError("differing fields: dim"), 2)])
+def test_main_turns_run_errors_into_exit_statuses_and_messages(monkeypatch, capsys, error, status):
+    def failing(cfg):
+        raise error
+
+    monkeypatch.setattr(train_module, "train", failing)
+    assert main(["--no-progress"]) == status
+    assert capsys.readouterr().err == f"error: {error}\n"
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def broken_save(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2})
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_lm_run_records_the_corpus_hash_and_bits_per_byte(tmp_path):
+    cfg = tiny(tmp_path, task="lm", max_bytes=20_000, steps=2, eval_every=2)
+    result = train(cfg)
+    start = read_metrics(cfg.metrics_path, "start")[0]
+    assert start["data_sha256"] == read_corpus(max_bytes=20_000)[1] and start["data_bytes"] == 20_000
+    assert start["model_config"]["vocab_size"] == 256 and start["torch"] == torch.__version__
+    assert result["eval"]["bpb"] == pytest.approx(result["eval"]["loss"] / math.log(2))
+    assert 6.0 < result["eval"]["bpb"] < 9.0                         # about 8 bits for a fresh model
+
+
+def test_bad_arguments_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "recall", "--data", "notes.txt"])
+    assert "--data is a text file for --task lm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "rnn"])
+    with pytest.raises(SystemExit):
+        parse_args(["--seq-len", "32", "--num-facts", "2", "--eval-distances", "8,30"])
+    assert "eval_distances must lie in [8, 25]" in capsys.readouterr().err
+    assert parse_args(["--model", "full_attention"]).out == os.path.join("runs", "full_attention-recall")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch.cuda.is_available"):
+            setup_runtime("cuda")
+    assert setup_runtime("cpu").device == torch.device("cpu")
+
+
+# --- the command line, as a user runs it ------------------------------------------------------
+
+def run(args, **kwargs):
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120, **kwargs)
+
+
+def test_help():
+    result = run([sys.executable, "-m", "mac_minimal.train", "--help"])
+    assert result.returncode == 0
+    for flag in ("--model", "--task", "--device", "--resume", "--eval-every", "--no-progress"):
+        assert flag in result.stdout
+
+
+def test_cli_trains_mac_on_recall_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = run([sys.executable, "-m", "mac_minimal.train", "--model", "mac", "--steps", "3",
+                  "--eval-every", "2", "--out", str(out)] + TINY)
+    assert result.returncode == 0, result.stderr
+    assert "mac: " in result.stdout and "recall accuracy" in result.stdout
+    events = read_metrics(out / "metrics.jsonl")
+    assert [e["event"] for e in events] == ["start", "eval", "train", "train", "eval", "train", "eval", "end"]
+    assert events[0]["device"].startswith("cpu") and events[0]["model_config"]["use_memory"] is True
+    assert set(events[-2]["accuracy"]) == {"8", "20"}
+    assert all(e["tokens_per_s"] > 0 for e in events if e["event"] == "train")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_gloo_keep_identical_parameters(tmp_path):
+    out = tmp_path / "ddp"
+    result = run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                  "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                  "-m", "mac_minimal.train", "--model", "full_attention", "--steps", "3", "--eval-every", "3",
+                  "--device", "cpu", "--out", str(out)] + TINY)
+    assert result.returncode == 0, result.stderr
+    events = read_metrics(out / "metrics.jsonl")
+    assert events[0]["world_size"] == 2 and events[-1]["event"] == "end"
+    assert events[-1]["rank_parameter_spread"] == 0.0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert len(checkpoint["rng"]) == 2
+    assert not torch.equal(checkpoint["rng"][0]["data"], checkpoint["rng"][1]["data"])  # one stream per rank
