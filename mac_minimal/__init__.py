@@ -2,13 +2,24 @@
 
 Each module backs one chapter of the book in ``book/``:
 
-=====  =======================  ==========================================
+=====  =======================  ==================================================
  ch.    module                   concept
-=====  =======================  ==========================================
+=====  =======================  ==================================================
  1      ``memory_state``         a memory = state + write rule + read rule
  2      ``recurrence``           the MM-Rec block, one step at a time
  3      ``scan``                 linear recurrences as an associative scan
-=====  =======================  ==========================================
+ 3      ``hybrid``               MM-Rec with everything scannable taken out of the loop
+ 4      ``neural_memory``        an MLP written by gradient descent at test time
+ 5      ``rotary``               rotary position embedding
+ 5      ``persistent``           learned persistent keys/values (attention sinks)
+ 6      ``mac_attention``        Titans eqs. 21-25 for one segment, causally
+ 7      ``segmentation``         splitting a sequence into segments
+ 7      ``model``                the MACTransformer, streaming generation
+ 8      ``baseline``             a full-attention transformer, the O(n^2) reference
+ 8      ``data``                 long-range recall and standard-library text
+ 8      ``train``                the trainer: ``python -m mac_minimal.train --help``
+ -      ``notebook``             ``setup_notebook()``: determinism for nbval
+=====  =======================  ==================================================
 
 Nothing runs at import time.
 """
