@@ -9,6 +9,7 @@ bash scripts/setup.sh
 start=$(date +%s)
 .venv/bin/python -m pytest tests book \
   --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg \
+  -n 2 --dist loadfile \
   --durations=10 -q
 rm -rf _build
 .venv/bin/jupyter-book build . -W -n --keep-going
