@@ -30,8 +30,9 @@ Two forms of the write, equal for every chunk size ``c``:
 Shapes: b batch, n sequence, d model width (``dim``), c chunk, f = expansion * d.
 """
 
+import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,32 @@ def unflatten_weights(flat: Tensor, shapes: list[torch.Size]) -> Weights:
     return tuple(p.reshape(*flat.shape[:-1], *s) for p, s in zip(pieces, shapes))
 
 
+Method = TypeVar("Method", bound=Callable)
+
+
+def full_precision(method: Method) -> Method:
+    """Run a :class:`NeuralMemory` method with autocast off and its floating-point tensor arguments
+    cast to the memory's parameter dtype (float32 normally, float64 in the exactness tests).
+
+    Why: the write is gradient descent *inside* the forward pass. Its per-token steps
+    ``theta_t * grad`` are small corrections to weights of order one, and bf16 (8 significant bits,
+    spacing 2^-7 at 1) would round most of them away, while the associative scan of
+    chapter 3 would get bf16 and float32 operands mixed. So under bf16 autocast (the CUDA
+    training path) the attention runs in bf16 and the memory in its parameters' precision.
+    """
+    @functools.wraps(method)
+    def wrapper(self: "NeuralMemory", *args: object, **kwargs: object) -> object:
+        dtype = self.init_w2.dtype
+
+        def cast(a: object) -> object:
+            return a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a
+
+        device_type = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return method(self, *map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+    return wrapper  # type: ignore[return-value]
+
+
 class NeuralMemory(nn.Module):
     """Titans neural long-term memory (eqs. 8-18): write by test-time gradient descent, read by M*.
 
@@ -234,6 +261,7 @@ class NeuralMemory(nn.Module):
         return self.config.max_lr * logits[..., 0], logits[..., 1], logits[..., 2]
 
     # ---------------------------------------------------------------- write
+    @full_precision
     def write_kv(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                  state: NeuralMemoryState) -> NeuralMemoryState:
         """Chunk-parallel write (eqs. 16-18) of given keys/values (b, n, d) with rates (b, n)."""
@@ -275,11 +303,13 @@ class NeuralMemory(nn.Module):
         y = torch.cat(outputs, dim=1) if q is not None else None
         return NeuralMemoryState(weights, unflatten_weights(flat_momentum, shapes), chunk_weights, offset), y
 
+    @full_precision
     def write(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18)."""
         self._check(x, state)
         return self.write_kv(*self.keys_values(x), *self.rates(x), state)
 
+    @full_precision
     def write_kv_sequential(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                             state: NeuralMemoryState) -> NeuralMemoryState:
         """Reference token loop of eqs. (8)-(14) for given keys/values (b, n, d), rates (b, n).
@@ -304,12 +334,14 @@ class NeuralMemory(nn.Module):
                 chunk_weights = weights
         return NeuralMemoryState(weights, momentum, chunk_weights, offset)
 
+    @full_precision
     def write_sequential(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Token-by-token reference of ``write``: x (b, n, d)."""
         self._check(x, state)
         return self.write_kv_sequential(*self.keys_values(x), *self.rates(x), state)
 
     # ---------------------------------------------------------------- read
+    @full_precision
     def read(self, q_input: Tensor, state: NeuralMemoryState) -> Tensor:
         """Eq. (15): ``y_t = M*(q_t)``, every token reads the same memory ``state.weights``.
 
@@ -326,6 +358,7 @@ class NeuralMemory(nn.Module):
         return rearrange(y, "(b c) d -> b c d", b=b)
 
     # ---------------------------------------------------------------- write + read
+    @full_precision
     def forward(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
         """Write x and read it back causally: ``y_t = M_t(q_t)``, M_t = memory after tokens <= t.
 
@@ -337,6 +370,7 @@ class NeuralMemory(nn.Module):
         state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=self.queries(x))
         return y, state
 
+    @full_precision
     def forward_sequential(self, x: Tensor, state: NeuralMemoryState | None = None
                            ) -> tuple[Tensor, NeuralMemoryState]:
         """Reference of ``forward``: for each token, write it (loop), then read it."""

@@ -26,8 +26,9 @@ Every training choice, briefly:
   gradient) cannot make one huge update; clipping bounds the step without changing its direction.
 * **bf16 autocast on CUDA only**: bfloat16 matrix products run several times faster on tensor cores
   and keep float32's exponent range, so no loss scaling is needed; weights, optimizer state and
-  the loss stay float32. A CPU gains nothing reliable from it, so CPU runs stay in float32 and are
-  bit-for-bit reproducible.
+  the loss stay float32, and so does the neural memory, whose test-time gradient steps bf16 would round
+  away (:func:`~mac_minimal.neural_memory.full_precision`). A CPU gains nothing reliable from autocast, so
+  CPU runs stay in float32 and are bit-for-bit reproducible.
 * **Fixed seeds and saved RNG states**: the model is initialised from ``--seed``; the data comes from
   its own generator (one per rank) whose state is checkpointed, so an interrupted run resumed with
   ``--resume`` computes, on a CPU, exactly the losses of the uninterrupted one.
@@ -39,7 +40,8 @@ Every training choice, briefly:
   own data stream, gradients are averaged across processes, and only rank 0 writes.
 
 Outputs in ``--out`` (default ``runs/MODEL-TASK``): ``checkpoint.pt`` and ``metrics.jsonl``, one
-JSON object per line (``event`` = start / train / eval / nonfinite / end), read by :func:`read_metrics`.
+JSON object per line (``event`` = start / train / eval / nonfinite / end), read by :func:`read_metrics`;
+the ``end`` record holds the run's training throughput (tokens/s, evaluation excluded) and peak memory.
 """
 
 import argparse
@@ -69,8 +71,8 @@ from mac_minimal.model import MACConfig, MACTransformer
 
 __all__ = ["TrainConfig", "MODELS", "NonFiniteLossError", "CheckpointError", "parse_args", "model_config",
            "build_model", "count_parameters", "setup_runtime", "autocast", "prepare_data", "make_batch",
-           "lr_factor", "compute_loss", "train_step", "evaluate_recall", "evaluate_lm", "evaluate",
-           "save_checkpoint", "load_checkpoint", "read_metrics", "train", "main"]
+           "lr_factor", "peak_memory_bytes", "compute_loss", "train_step", "evaluate_recall", "evaluate_lm",
+           "evaluate", "save_checkpoint", "load_checkpoint", "read_metrics", "train", "main"]
 
 EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
 TASKS = ("recall", "lm")
@@ -95,6 +97,7 @@ class TrainConfig:
     data: str | None = None
     max_bytes: int = 4_000_000
     num_facts: int = 4
+    num_values: int = 32
     eval_distances: list[int] | None = None
     dim: int = 32
     depth: int = 2
@@ -126,7 +129,7 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every"):
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.task == "recall":
@@ -136,6 +139,11 @@ class TrainConfig:
                                  f"num_facts={self.num_facts}, got {self.eval_distances}")
         if self.out is None:
             self.out = os.path.join("runs", f"{self.model}-{self.task}")
+
+    @property
+    def recall_task(self) -> RecallTask:
+        """The recall vocabulary: the default key and filler ranges, ``num_values`` values."""
+        return RecallTask(num_values=self.num_values)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -245,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="lm: a text file (default: the Python standard library's sources)")
     g.add_argument("--max-bytes", type=int, default=d.max_bytes, help="lm: bytes of text to read")
     g.add_argument("--num-facts", type=int, default=d.num_facts, help="recall: facts per sequence")
+    g.add_argument("--num-values", type=int, default=d.num_values,
+                   help="recall: distinct values (chance accuracy = 1 / num_values)")
     g.add_argument("--eval-distances", type=int_list, default=d.eval_distances,
                    metavar="D1,D2,...", help="recall: distances to evaluate (default: 5 across the range)")
     g = p.add_argument_group("optimisation")
@@ -311,6 +321,21 @@ def device_name(device: torch.device) -> str:
     return f"cpu {platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """This process's peak memory so far, in bytes. CUDA: the most the caching allocator handed out
+    on ``device`` (``torch.cuda.max_memory_allocated``: tensors only). CPU: the peak resident set
+    size of the whole process (``ru_maxrss``: Python, torch's libraries and the data included, so a
+    tiny model still shows a few hundred MB); None where the ``resource`` module is missing (Windows)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux kilobytes
+
+
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA, a no-op on the CPU (see the module docstring)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -332,7 +357,7 @@ class TaskData:
 def prepare_data(cfg: TrainConfig) -> TaskData:
     """The task's vocabulary; for ``lm`` also the text (read once), its split and its SHA-256."""
     if cfg.task == "recall":
-        return TaskData(RecallTask().vocab_size)
+        return TaskData(cfg.recall_task.vocab_size)
     text, digest = read_corpus(cfg.data, cfg.max_bytes)
     train_tokens, val_tokens = split_corpus(text)
     return TaskData(256, train_tokens, val_tokens, digest)
@@ -350,7 +375,7 @@ def make_batch(cfg: TrainConfig, data: TaskData, generator: torch.Generator) -> 
     if cfg.task == "recall":
         low, high = recall_distance_range(cfg.seq_len, cfg.num_facts)
         distance = int(torch.randint(low, high + 1, (1,), generator=generator))
-        return recall_batch(cfg.batch_size, cfg.seq_len, distance, cfg.num_facts, generator)
+        return recall_batch(cfg.batch_size, cfg.seq_len, distance, cfg.num_facts, generator, cfg.recall_task)
     return lm_batch(data.train_tokens, cfg.batch_size, cfg.seq_len, generator)
 
 
@@ -413,7 +438,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
 
 @torch.no_grad()
 def evaluate_recall(model: nn.Module, distances: list[int], seq_len: int, num_facts: int, batch_size: int,
-                    num_batches: int, device: torch.device | str = "cpu", seed: int = EVAL_SEED) -> dict[str, Any]:
+                    num_batches: int, device: torch.device | str = "cpu", seed: int = EVAL_SEED,
+                    task: RecallTask = RecallTask()) -> dict[str, Any]:
     """Recall accuracy against distance: for each distance, ``num_batches`` fixed batches (from
     ``seed``), the fraction of answer tokens whose argmax is right. Returns
     ``{"accuracy": {distance: acc}, "loss": mean answer loss, "mean_accuracy": mean over distances}``."""
@@ -424,7 +450,7 @@ def evaluate_recall(model: nn.Module, distances: list[int], seq_len: int, num_fa
         generator = torch.Generator().manual_seed(seed + distance)
         hits, count = 0.0, 0.0
         for _ in range(num_batches):
-            batch = recall_batch(batch_size, seq_len, distance, num_facts, generator).to(device)
+            batch = recall_batch(batch_size, seq_len, distance, num_facts, generator, task).to(device)
             loss, correct = masked_losses(model, batch, device)
             hits += float(correct[batch.mask].sum())
             count += float(batch.mask.sum())
@@ -453,7 +479,7 @@ def evaluate(model: nn.Module, cfg: TrainConfig, data: TaskData, device: torch.d
     if cfg.task == "recall":
         distances = cfg.eval_distances or default_eval_distances(cfg.seq_len, cfg.num_facts)
         return evaluate_recall(model, distances, cfg.seq_len, cfg.num_facts, cfg.batch_size,
-                               cfg.eval_batches, device)
+                               cfg.eval_batches, device, task=cfg.recall_task)
     return evaluate_lm(model, lm_eval_batches(data.val_tokens, cfg.batch_size, cfg.seq_len, cfg.eval_batches), device)
 
 
@@ -658,9 +684,11 @@ def evaluate_and_save(run: Run, step: int) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    if runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runtime.device)
     run, step = start_run(cfg, runtime)
     result = evaluate_and_save(run, 0) if step == 0 else {}  # the untrained score starts every curve
-    started, window_loss, window_time = time.perf_counter(), [], 0.0
+    started, window_loss, window_time, train_time, first_step = time.perf_counter(), [], 0.0, 0.0, step
     tokens_per_step = cfg.batch_size * cfg.seq_len * runtime.world_size
     bar = tqdm(total=cfg.steps, initial=step, disable=True if not (cfg.progress and runtime.is_main) else None,
                unit="step", dynamic_ncols=True)
@@ -676,6 +704,7 @@ def _train(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
                                      f"{cfg.checkpoint_path}") from None
         step += 1
         window_time += time.perf_counter() - tick
+        train_time += time.perf_counter() - tick
         window_loss.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / (time.perf_counter() - tick):.0f}")
@@ -692,8 +721,10 @@ def _train(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     bar.close()
     spread = parameter_spread(run.model, runtime) if runtime.world_size > 1 else 0.0
     if runtime.is_main:
-        write_metrics(cfg.metrics_path, {"event": "end", "step": step, "wall_s": time.perf_counter() - started,
-                                         "rank_parameter_spread": spread})
+        write_metrics(cfg.metrics_path, {  # tokens/s over the train steps of this process (no evaluation)
+            "event": "end", "step": step, "wall_s": time.perf_counter() - started, "rank_parameter_spread": spread,
+            "tokens_per_s": tokens_per_step * (step - first_step) / train_time if train_time > 0 else None,
+            "peak_memory_bytes": peak_memory_bytes(runtime.device)})
     return {"step": step, "eval": result, "rank_parameter_spread": spread}
 
 

@@ -245,6 +245,24 @@ def test_gradients_reach_initial_weights_and_rates():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+# ---------------------------------------------------------------- mixed precision
+def test_memory_runs_in_its_parameters_dtype_under_bf16_autocast():
+    """Autocast is switched off inside the memory: bf16 inputs are cast up, and the result is the
+    full-precision one, for float32 and float64 memories alike (the dtype is never forced)."""
+    for dtype in (torch.float32, torch.float64):
+        model = make(chunk_size=2).to(dtype)
+        x = tokens(n=5).to(dtype)
+        expected, expected_state = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, state = model(x)
+            read = model.read(x.bfloat16(), state)
+            written = model.write(x.bfloat16(), model.init_state(2))
+        assert y.dtype == read.dtype == written.weights[0].dtype == dtype
+        assert_close(y, expected, rtol=0, atol=0)
+        assert_states_close(state, expected_state)
+        assert_close(read, model.read(x.bfloat16().to(dtype), state))
+
+
 # ---------------------------------------------------------------- long streams stay finite
 def test_forward_on_16k_tokens_is_finite_with_gradients():
     torch.manual_seed(0)

@@ -92,6 +92,28 @@ def test_evaluate_lm_of_a_uniform_model_is_eight_bits_per_byte():
     assert result["bpb"] == pytest.approx(8.0) and result["loss"] == pytest.approx(math.log(256))
 
 
+def test_recall_values_option_sets_the_vocabulary_and_the_batches(tmp_path):
+    cfg = tiny(tmp_path, num_values=5)
+    assert cfg.recall_task == RecallTask(num_values=5)
+    assert train_module.prepare_data(cfg).vocab_size == 3 + 32 + 5 + 32
+    batch = train_module.make_batch(cfg, train_module.prepare_data(cfg), torch.Generator().manual_seed(0))
+    task = cfg.recall_task
+    answers = batch.targets[batch.mask]
+    assert ((answers >= task.value_start) & (answers < task.filler_start)).all()
+    assert parse_args(TINY + ["--num-values", "7"]).num_values == 7
+    with pytest.raises(ValueError, match="num_values must be >= 1"):
+        tiny(tmp_path, num_values=0)
+    oracle = evaluate_recall(Oracle(task), [8], seq_len=32, num_facts=2, batch_size=3, num_batches=1, task=task)
+    assert oracle["accuracy"] == {8: 1.0}
+
+
+def test_peak_memory_is_reported_in_bytes_on_the_cpu():
+    import resource
+    peak = train_module.peak_memory_bytes(torch.device("cpu"))
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert peak in (kilobytes, kilobytes * 1024) and peak > 10 * 2**20  # a Python process with torch: > 10 MB
+
+
 # --- models ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dim, depth", [(48, 2), (64, 2), (96, 2), (128, 2), (128, 4), (256, 4)])
@@ -117,10 +139,7 @@ def test_autocast_is_off_on_the_cpu():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("mac", marks=pytest.mark.xfail(
-        strict=True, raises=TypeError, reason="the neural memory's scan gets bf16 and fp32 operands")),
-    "mac_no_memory", "full_attention"])
+@pytest.mark.parametrize("name", ["mac", "mac_no_memory", "full_attention"])
 def test_models_run_forward_and_backward_under_bf16_autocast(name, tmp_path):
     """The CUDA path autocasts to bf16; CPU autocast exercises the same dtype handling."""
     cfg = tiny(tmp_path, model=name)
@@ -278,7 +297,8 @@ def test_cli_trains_mac_on_recall_end_to_end(tmp_path):
     assert [e["event"] for e in events] == ["start", "eval", "train", "train", "eval", "train", "eval", "end"]
     assert events[0]["device"].startswith("cpu") and events[0]["model_config"]["use_memory"] is True
     assert set(events[-2]["accuracy"]) == {"8", "20"}
-    assert all(e["tokens_per_s"] > 0 for e in events if e["event"] == "train")
+    assert all(e["tokens_per_s"] > 0 for e in events if e["event"] in ("train", "end"))
+    assert events[-1]["peak_memory_bytes"] > 10 * 2**20
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
