@@ -20,8 +20,8 @@ Three functions compute the same thing:
 * :func:`associative_scan` -- the work-efficient Blelloch scan (up-sweep + down-sweep,
   ``2 log2 n`` levels), exact for any real ``a`` (zeros and negatives too: no log-space).
   As Blelloch does with fewer processors than elements, blocks of ``leaf_size``
-  positions are scanned by a loop run for all blocks at once, and the tree runs over
-  the blocks; ``leaf_size=1`` is the textbook scan.
+  positions can be scanned by a loop run for all blocks at once, the tree running over
+  the blocks; ``leaf_size=1`` is the textbook scan (the default for small tensors).
 * :func:`chunked_scan` -- the same two levels with long chunks (``sqrt(n)`` positions) and
   a plain loop over the chunk ends instead of the tree.
 
@@ -39,7 +39,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["scan_sequential", "associative_scan", "chunked_scan"]
+__all__ = ["scan_sequential", "associative_scan", "chunked_scan", "default_leaf_size"]
 
 
 def _check(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> None:
@@ -254,7 +254,15 @@ def _check_size(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def associative_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, leaf_size: int = 16) -> Tensor:
+def default_leaf_size(b: Tensor) -> int:
+    """``leaf_size`` that :func:`associative_scan` uses when given None: 1 below 2**20 elements
+    of ``b``, where a few large operations matter most, 16 from there on, where scratch
+    memory and strided passes do (the crossover measured in ``benchmarks/bench_scan.py``)."""
+    return 1 if b.numel() < 2**20 else 16
+
+
+def associative_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None,
+                     leaf_size: Optional[int] = None) -> Tensor:
     """``h_t = a_t * h_{t-1} + b_t`` by a work-efficient (Blelloch) parallel scan.
 
     ``O(n)`` work; depth ``2 * leaf_size + 2 log2(n / leaf_size)`` element-wise operations:
@@ -267,16 +275,17 @@ def associative_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None, leaf_siz
         a: ``(b, n, ...)`` decays; may have size 1 in any dim except the sequence dim 1.
         b: ``(b, n, ...)`` inputs, any number of trailing dims.
         h0: ``(b, ...)`` initial state, or None for zeros.
-        leaf_size: positions per leaf block (an int >= 1).
+        leaf_size: positions per leaf block (an int >= 1); None: :func:`default_leaf_size`.
 
     Returns:
         ``h``: ``(b, n, ...)``, equal to :func:`scan_sequential` (values and gradients).
     """
     _check(a, b, h0)
-    _check_size("leaf_size", leaf_size)
+    leaf = default_leaf_size(b) if leaf_size is None else leaf_size
+    _check_size("leaf_size", leaf)
 
     def kernel(a_: Tensor, b_: Tensor, h0_: Optional[Tensor], reverse: bool, out: Tensor) -> None:
-        _two_level(a_, b_, h0_, reverse, out, leaf_size, _blelloch_)
+        _two_level(a_, b_, h0_, reverse, out, leaf, _blelloch_)
 
     return _LinearScan.apply(a, b, h0, False, kernel)
 

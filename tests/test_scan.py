@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from mac_minimal.scan import associative_scan, chunked_scan, scan_sequential
+from mac_minimal.scan import associative_scan, chunked_scan, default_leaf_size, scan_sequential
 
 FAST = {
     "associative": associative_scan,
+    "associative_leaf16": lambda a, b, h0=None: associative_scan(a, b, h0, leaf_size=16),
     "associative_leaf1": lambda a, b, h0=None: associative_scan(a, b, h0, leaf_size=1),  # textbook Blelloch
     "associative_leaf3": lambda a, b, h0=None: associative_scan(a, b, h0, leaf_size=3),
     "chunked": chunked_scan,
@@ -149,3 +150,11 @@ def test_textbook_blelloch_every_small_length(n):
     a, b, h0 = make((1, n, 2), (1, n, 2), seed=n)
     torch.testing.assert_close(associative_scan(a, b, h0, leaf_size=1), scan_sequential(a, b, h0),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_default_leaf_size_grows_with_the_tensor():
+    assert default_leaf_size(torch.empty(4, 1023, 256)) == 1
+    assert default_leaf_size(torch.empty(4, 1024, 256)) == 16
+    a, b, h0 = make((1, 1027, 1024), (1, 1027, 1024), zeros=False)  # 2**20 elements and more: leaves of 16
+    a = a.clamp(-1, 1)
+    torch.testing.assert_close(associative_scan(a, b, h0), scan_sequential(a, b, h0))
