@@ -63,16 +63,8 @@ def hybrid_forward(block: MMRecBlock, x: Tensor, state: MMRecState | None = None
         ``(y (b, n, d), state after step n - 1)``, equal to ``block(x, state)``.
     """
     cfg = block.config
-    d = cfg.dim
-    if x.dim() != 3 or x.shape[-1] != d:
-        raise ValueError(f"x must have shape (batch, seq, dim={d}), got {tuple(x.shape)}")
-    b, n, _ = x.shape
-    if n < 1:
-        raise ValueError(f"x must have at least one step, got shape {tuple(x.shape)}")
-    if state is None:
-        state = block.initial_state(b, dtype=x.dtype, device=x.device)
-    elif state.h.shape != (b, d):
-        raise ValueError(f"state.h must have shape (batch={b}, dim={d}) to match x, got {tuple(state.h.shape)}")
+    state = block.check_input(x, state)
+    b, n, d = x.shape
     step = state.step
     p = block.project(x)  # q, k, v, z, gamma: (b, n, d) each
 

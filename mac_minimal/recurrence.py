@@ -156,11 +156,8 @@ class MMRecBlock(nn.Module):
         memory.update_state_sequential("long", p_t.k[:, None], p_t.v[:, None], state.step)
         return y_t, MMRecState(h=h_t, decay=state.decay * p_t.gamma, memory=memory, step=state.step + 1)
 
-    def forward(self, x: Tensor, state: MMRecState | None = None) -> tuple[Tensor, MMRecState]:
-        """Run a sequence: ``x (b, n, d)`` -> ``(y (b, n, d), state after step n-1)``.
-
-        Passing the returned state to the next call continues the sequence exactly.
-        """
+    def check_input(self, x: Tensor, state: MMRecState | None) -> MMRecState:
+        """Check ``x`` is ``(b, n >= 1, dim)`` and matches ``state``; return the state (fresh if None)."""
         d = self.config.dim
         if x.dim() != 3 or x.shape[-1] != d:
             raise ValueError(f"x must have shape (batch, seq, dim={d}), got {tuple(x.shape)}")
@@ -168,12 +165,20 @@ class MMRecBlock(nn.Module):
         if n < 1:
             raise ValueError(f"x must have at least one step, got shape {tuple(x.shape)}")
         if state is None:
-            state = self.initial_state(b, dtype=x.dtype, device=x.device)
-        elif state.h.shape != (b, d):
+            return self.initial_state(b, dtype=x.dtype, device=x.device)
+        if state.h.shape != (b, d):
             raise ValueError(f"state.h must have shape (batch={b}, dim={d}) to match x, got {tuple(state.h.shape)}")
+        return state
+
+    def forward(self, x: Tensor, state: MMRecState | None = None) -> tuple[Tensor, MMRecState]:
+        """Run a sequence: ``x (b, n, d)`` -> ``(y (b, n, d), state after step n-1)``.
+
+        Passing the returned state to the next call continues the sequence exactly.
+        """
+        state = self.check_input(x, state)
         proj = self.project(x)
         ys = []
-        for t in range(n):
+        for t in range(x.shape[1]):
             y_t, state = self.step(x[:, t], proj.at(t), state)
             ys.append(y_t)
         return torch.stack(ys, dim=1), state  # (b, n, d)
