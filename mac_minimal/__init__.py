@@ -19,6 +19,7 @@ Each module backs one chapter of the book in ``book/``:
  8      ``data``                 long-range recall and standard-library text
  8      ``train``                the trainer: ``python -m mac_minimal.train --help``
  -      ``notebook``             ``setup_notebook()``: determinism for nbval
+ -      ``checks``               the shared "positive int" input check
 =====  =======================  ==================================================
 
 Nothing runs at import time.

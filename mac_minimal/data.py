@@ -42,6 +42,8 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import Tensor
 
+from mac_minimal.checks import require_positive_int
+
 __all__ = ["Batch", "RecallTask", "KEY", "VALUE", "QUERY", "recall_distance_range", "recall_batch",
            "stdlib_files", "read_corpus", "split_corpus", "lm_batch", "lm_eval_batches"]
 
@@ -64,8 +66,7 @@ class Batch(NamedTuple):
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        require_positive_int(name, value)
 
 
 @dataclass(frozen=True)

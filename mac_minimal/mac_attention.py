@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
 from mac_minimal.persistent import PersistentKV, causal_mask_with_prefix
 from mac_minimal.rotary import apply_rotary
+from mac_minimal.checks import require_positive_int
 
 __all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention", "mac_mask"]
 
@@ -68,9 +69,7 @@ class MACAttentionConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "heads", "segment_len", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MACAttentionConfig.{name} must be an int >= 1, got {value!r}")
+            require_positive_int(f"MACAttentionConfig.{name}", getattr(self, name))
         if self.num_persistent < 0:
             raise ValueError(f"MACAttentionConfig.num_persistent must be >= 0, got {self.num_persistent}")
         if self.dim % self.heads != 0 or (self.dim // self.heads) % 2 != 0:
@@ -183,8 +182,7 @@ class MACAttention(nn.Module):
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int) -> MACAttentionState:
         """State at a segment start: empty caches (b, h, 0, e) and a fresh memory ``M_0``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        require_positive_int("batch_size", batch_size)
         w = self.to_q.weight
         empty = w.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
         memory = self.memory.init_state(batch_size) if self.memory is not None else None

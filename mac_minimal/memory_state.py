@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mac_minimal.checks import require_positive_int
+
 BANKS = ("short", "long")
 
 
@@ -46,9 +48,7 @@ class MemoryStateConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "v_dim", "num_short_slots", "num_long_slots"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MemoryStateConfig.{name} must be an int >= 1, got {value!r}")
+            require_positive_int(f"MemoryStateConfig.{name}", getattr(self, name))
         if not 0.0 < self.long_write_rate <= 1.0:
             raise ValueError(f"long_write_rate must be in (0, 1], got {self.long_write_rate}")
 
@@ -121,8 +121,7 @@ class MemoryState:
         Shapes ``(b, num_short_slots, dim)``, ``(b, num_short_slots, v_dim)``,
         ``(b, num_long_slots, dim)``, ``(b, num_long_slots, v_dim)``.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        require_positive_int("batch_size", batch_size)
         cfg = self.config
         zeros = dict(dtype=self.dtype, device=self.device)
         return (torch.zeros(batch_size, cfg.num_short_slots, cfg.dim, **zeros),

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mac_minimal.mac_attention import MACAttention, MACAttentionConfig, MACAttentionState
 from mac_minimal.segmentation import fold_segments, scan_segments, unfold_segments
+from mac_minimal.checks import require_positive_int
 
 __all__ = ["MACConfig", "MACState", "MACBlock", "MACTransformer", "state_nbytes"]
 
@@ -60,9 +61,7 @@ class MACConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "depth", "ffn_mult"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MACConfig.{name} must be an int >= 1, got {value!r}")
+            require_positive_int(f"MACConfig.{name}", getattr(self, name))
         self.attention_config()  # validates dim, heads, segment_len, num_persistent, chunk_size, combine
 
     def attention_config(self) -> MACAttentionConfig:

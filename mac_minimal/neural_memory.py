@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from mac_minimal.scan import associative_scan
+from mac_minimal.checks import require_positive_int
 
 Weights = tuple[Tensor, ...]
 """Fast weights ``(W2, W1, ln_gain, ln_bias)``; shapes ``(f, d), (d, f), (d,), (d,)``,
@@ -68,9 +69,7 @@ class NeuralMemoryConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "chunk_size", "expansion"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"NeuralMemoryConfig.{name} must be an int >= 1, got {value!r}")
+            require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
         for name in ("max_lr", "grad_clip", "ln_eps"):
             value = getattr(self, name)
             if not value > 0:
@@ -219,8 +218,7 @@ class NeuralMemory(nn.Module):
 
     def init_state(self, batch_size: int) -> NeuralMemoryState:
         """A fresh memory per batch element: M_0 expanded over the batch, zero momentum."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        require_positive_int("batch_size", batch_size)
         weights = tuple(p.expand(batch_size, *p.shape) for p in self.initial_weights)
         momentum = tuple(torch.zeros_like(w) for w in weights)
         return NeuralMemoryState(weights, momentum, weights, 0)

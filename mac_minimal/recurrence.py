@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mac_minimal.memory_state import MemoryState, MemoryStateConfig, read_memory
+from mac_minimal.checks import require_positive_int
 
 
 @dataclass
@@ -51,8 +52,7 @@ class MMRecConfig:
     gamma_bias_init: float = 2.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.ffn_mult, int) or self.ffn_mult < 1:
-            raise ValueError(f"ffn_mult must be an int >= 1, got {self.ffn_mult!r}")
+        require_positive_int("ffn_mult", self.ffn_mult)
         _ = self.memory_config  # checks dim, slot counts and long_write_rate
 
     @property

@@ -39,6 +39,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from mac_minimal.checks import require_positive_int
+
 __all__ = ["scan_sequential", "associative_scan", "chunked_scan", "default_leaf_size"]
 
 
@@ -249,11 +251,6 @@ class _LinearScan(torch.autograd.Function):
         return grad_a, g, grad_h0, None, None
 
 
-def _check_size(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 def default_leaf_size(b: Tensor) -> int:
     """``leaf_size`` that :func:`associative_scan` uses when given None: 1 below 2**20 elements
     of ``b``, where a few large operations matter most, 16 from there on, where scratch
@@ -282,7 +279,7 @@ def associative_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None,
     """
     _check(a, b, h0)
     leaf = default_leaf_size(b) if leaf_size is None else leaf_size
-    _check_size("leaf_size", leaf)
+    require_positive_int("leaf_size", leaf)
 
     def kernel(a_: Tensor, b_: Tensor, h0_: Optional[Tensor], reverse: bool, out: Tensor) -> None:
         _two_level(a_, b_, h0_, reverse, out, leaf, _blelloch_)
@@ -301,7 +298,7 @@ def chunked_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None,
     _check(a, b, h0)
     if chunk_size is None:
         chunk_size = math.isqrt(b.shape[1] - 1) + 1
-    _check_size("chunk_size", chunk_size)
+    require_positive_int("chunk_size", chunk_size)
 
     def kernel(a_: Tensor, b_: Tensor, h0_: Optional[Tensor], reverse: bool, out: Tensor) -> None:
         _two_level(a_, b_, h0_, reverse, out, chunk_size, _loop_)

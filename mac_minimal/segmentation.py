@@ -20,12 +20,9 @@ from typing import Callable, TypeVar
 import torch
 from einops import rearrange
 
+from mac_minimal.checks import require_positive_int
+
 State = TypeVar("State")
-
-
-def _check_segment_len(segment_len: int) -> None:
-    if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 1:
-        raise ValueError(f"segment_len must be an int >= 1, got {segment_len!r}")
 
 
 def segment_bounds(n: int, segment_len: int, start: int = 0) -> list[tuple[int, int]]:
@@ -37,7 +34,7 @@ def segment_bounds(n: int, segment_len: int, start: int = 0) -> list[tuple[int, 
     ``segment_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]``;
     ``segment_bounds(5, 4, start=3) == [(0, 1), (1, 5)]``.
     """
-    _check_segment_len(segment_len)
+    require_positive_int("segment_len", segment_len)
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     bounds = []
@@ -86,7 +83,7 @@ def fold_segments(x: torch.Tensor, segment_len: int) -> torch.Tensor:
     The parallel form for a model whose segments are independent (no memory between them):
     one batched call then processes all segments at once. ``n`` must be a multiple of ``c``.
     """
-    _check_segment_len(segment_len)
+    require_positive_int("segment_len", segment_len)
     if x.dim() < 2 or x.shape[1] % segment_len != 0:
         raise ValueError(
             f"fold_segments needs x of shape (b, n, ...) with n a multiple of segment_len="
