@@ -40,6 +40,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from mac_minimal.dual_form import dual_chunk
 from mac_minimal.scan import associative_scan
 from mac_minimal.checks import require_positive_int
 
@@ -99,10 +100,11 @@ def memory_mlp(weights: Weights, x: Tensor, eps: float = 1e-5) -> Tensor:
 
     weights: ``(W2 (f, d), W1 (d, f), gain (d,), bias (d,))``; the layer norm's affine
     gain and bias are fast weights too. x: ``(..., d)`` -> ``(..., d)``. Batch it with
-    ``torch.func.vmap``.
+    ``torch.func.vmap``, or give weights leading batch dims (``W2 (b, f, d)``, x ``(b, n, d)``,
+    gain and bias ``(b, 1, d)``).
     """
     w2, w1, gain, bias = weights
-    out = F.gelu(x @ w2.T) @ w1.T  # (..., f) -> (..., d)
+    out = F.gelu(x @ w2.mT) @ w1.mT  # (..., f) -> (..., d)
     # layer norm written out: F.layer_norm's double backward under vmap gives wrong
     # gradients w.r.t. its input (torch 2.13; pytorch/functorch#534), and training
     # backpropagates through the gradients of the write
@@ -269,11 +271,37 @@ class NeuralMemory(nn.Module):
     def _write_chunks(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                       state: NeuralMemoryState, q: Tensor | None = None
                       ) -> tuple[NeuralMemoryState, Tensor | None]:
+        """Write chunk by chunk in the dual form; if ``q`` (b, n, d) is given, also read ``M_t(q_t)``.
+
+        Same numbers as :meth:`_write_chunks_materialized`, but per-token weights are never built:
+        :func:`~mac_minimal.dual_form.dual_chunk` reads through them (section 4.8).
+        """
+        cfg = self.config
+        weights, momentum, chunk_weights, offset = state
+        n, start, outputs = k.shape[1], 0, []
+        while start < n:
+            end = min(n, start + cfg.chunk_size - offset)  # stop at the next absolute chunk boundary
+            piece = slice(start, end)
+            weights, momentum, y = dual_chunk(
+                weights, momentum, chunk_weights, k[:, piece], v[:, piece],
+                theta[:, piece], eta[:, piece], alpha[:, piece],
+                None if q is None else q[:, piece], cfg.grad_clip, cfg.ln_eps)
+            outputs.append(y)
+            offset = (offset + end - start) % cfg.chunk_size
+            if offset == 0:  # a new chunk starts at the weights just reached
+                chunk_weights = weights
+            start = end
+        y = torch.cat(outputs, dim=1) if q is not None else None
+        return NeuralMemoryState(weights, momentum, chunk_weights, offset), y
+
+    def _write_chunks_materialized(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
+                      state: NeuralMemoryState, q: Tensor | None = None
+                      ) -> tuple[NeuralMemoryState, Tensor | None]:
         """Write chunk by chunk; if ``q`` (b, n, d) is given, also read ``y_t = M_t(q_t)``.
 
-        Inside a chunk everything is parallel: the gradients at the chunk's first weights
+        The materialised form, the reference of the dual form: inside a chunk everything is parallel: the gradients at the chunk's first weights
         (eq. 16), then momentum (eq. 18) and forgetting (eq. 13) as linear recurrences
-        ``h_t = a_t h_{t-1} + b_t`` by the associative scan, which yields M_t for every token.
+        ``h_t = a_t h_{t-1} + b_t`` by the associative scan, which yields M_t for every token: (b, c, P) numbers per chunk.
         """
         cfg = self.config
         weights, momentum, chunk_weights, offset = state
@@ -303,9 +331,15 @@ class NeuralMemory(nn.Module):
 
     @full_precision
     def write(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
-        """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18)."""
+        """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18), in the dual form."""
         self._check(x, state)
         return self.write_kv(*self.keys_values(x), *self.rates(x), state)
+
+    @full_precision
+    def write_materialized(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
+        """Reference of ``write``: the chunk-parallel form that builds every token's weights."""
+        self._check(x, state)
+        return self._write_chunks_materialized(*self.keys_values(x), *self.rates(x), state)[0]
 
     @full_precision
     def write_kv_sequential(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
@@ -346,7 +380,8 @@ class NeuralMemory(nn.Module):
         q_input: (b, n, d) -> y: (b, n, d). No update.
         """
         self._check(q_input, state, name="q_input")
-        return vmap(memory_mlp, in_dims=(0, 0, None))(state.weights, self.queries(q_input), self.config.ln_eps)
+        w2, w1, gain, bias = state.weights                    # gain, bias (b, d) -> (b, 1, d)
+        return memory_mlp((w2, w1, gain[:, None], bias[:, None]), self.queries(q_input), self.config.ln_eps)
 
     def _read_per_token(self, weights: Weights, q: Tensor) -> Tensor:
         """``y_t = M_t(q_t)`` with per-token weights ``(b, c, *shape)``, q (b, c, d) -> (b, c, d)."""
@@ -366,6 +401,17 @@ class NeuralMemory(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0])
         state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=self.queries(x))
+        return y, state
+
+    @full_precision
+    def forward_materialized(self, x: Tensor, state: NeuralMemoryState | None = None
+                             ) -> tuple[Tensor, NeuralMemoryState]:
+        """Reference of ``forward``: chapter 4's chunk-parallel form, every token's weights built."""
+        self._check(x, state)
+        if state is None:
+            state = self.init_state(x.shape[0])
+        state, y = self._write_chunks_materialized(*self.keys_values(x), *self.rates(x), state,
+                                                   q=self.queries(x))
         return y, state
 
     @full_precision

@@ -1,0 +1,181 @@
+"""The dual form of the neural memory's chunked write-and-read (chapter 4, section 4.8).
+
+Chapter 4's chunk-parallel write (eqs. 16-18) builds the fast weights ``M_t`` of EVERY token of a
+chunk, ``(b, c, P)`` numbers with ``P = 2 d f + 2 d``, only to apply each of them to one query.
+The dual form (the name comes from the TTT papers, Sun et al. 2024) never builds them. It rests on
+three facts:
+
+1. **Each token's gradient is a sum of outer products.** For ``M(x) = x + LN(W1 gelu(W2 x)) * g + b``
+   at the chunk's weights (eq. 16), token s's gradient of eq. (12) is, layer by layer,
+   ``grad W2 = da_s k_s^T``, ``grad W1 = do_s z_s^T``, ``grad g = e_s * n_s``, ``grad b = e_s``
+   (:func:`mlp_gradient_factors`): a few vectors per token instead of P numbers.
+2. **Momentum and forgetting are linear.** Inside a chunk, eqs. (13)-(14) give every weight as
+   ``W_t = D_t W_prev + B_t S_prev + sum_{s<=t} C_ts G_s``, with scalar coefficients built from
+   the rates (:func:`chunk_coefficients`): ``C = L_(1-alpha) L_eta diag(-theta u)``, a product of
+   two *decay matrices* (:func:`decay_matrix`), the matrix form of chapter 3's recurrence.
+3. **Then every read is attention-like.** ``W2_t q_t = D_t W2_prev q_t + B_t S2_prev q_t +
+   sum_s C_ts (k_s . q_t) da_s``: a ``c x c`` matrix ``C * (Q K^T)`` applied to the rows ``da_s``,
+   and the same again for ``W1`` with the hidden vectors (:func:`dual_chunk`).
+
+Only the chunk-end weights and momentum (the state) are built. Cost per chunk ``O(c d f + c^2 (d + f))``
+and memory ``O(c (d + f))`` instead of ``O(c d f)``. The result is the same numbers as the
+materialised form, up to rounding: ``tests/test_dual_form.py`` checks values and gradients in float64.
+
+Shapes: b batch, c tokens of the chunk (or of the piece of it this call sees), d width, f hidden.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Weights = tuple[Tensor, ...]
+"""Fast weights ``(W2 (b, f, d), W1 (b, d, f), ln_gain (b, d), ln_bias (b, d))``."""
+
+
+def gelu_derivative(a: Tensor) -> Tensor:
+    """``d gelu(a) / da = Phi(a) + a phi(a)`` for the exact (erf) GELU of ``F.gelu``."""
+    return 0.5 * (1 + torch.erf(a / math.sqrt(2))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+
+
+class GradientFactors(NamedTuple):
+    """Token s's gradient of eq. (12) at weights W, in factored form (every field ``(b, c, .)``).
+
+    ``grad W2 = delta_hidden_s keys_s^T``, ``grad W1 = delta_out_s hidden_s^T``,
+    ``grad ln_gain = grad_gain_s``, ``grad ln_bias = grad_bias_s``; ``scale_s`` is the per-token
+    clip factor ``bound / max(||G_s||, bound)`` (chapter 4), ``(b, c)``.
+    """
+
+    keys: Tensor          # k_s                      (b, c, d)
+    hidden: Tensor        # z_s = gelu(W2 k_s)       (b, c, f)
+    delta_hidden: Tensor  # da_s = dl / d(W2 k_s)    (b, c, f)
+    delta_out: Tensor     # do_s = dl / d(W1 z_s)    (b, c, d)
+    grad_gain: Tensor     # e_s * n_s                (b, c, d)
+    grad_bias: Tensor     # e_s                      (b, c, d)
+    scale: Tensor         # u_s                      (b, c)
+
+
+def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, eps: float) -> GradientFactors:
+    """Eq. (12)'s gradient ``grad l(W; k_s, v_s)`` for every token at the same weights, by hand.
+
+    weights: ``(W2 (b, f, d), W1 (b, d, f), gain (b, d), bias (b, d))``; k, v: (b, c, d).
+    The forward ``a = W2 k, z = gelu(a), o = W1 z, n = LN(o), M(k) = k + n * g + b`` and its
+    backward from ``e = 2 (M(k) - v)``, written out in torch ops, so autograd can differentiate
+    *through* it (training needs these gradients' own gradients).
+    """
+    w2, w1, gain, bias = weights
+    a = k @ w2.mT                                               # (b, c, f)
+    z = F.gelu(a)
+    o = z @ w1.mT                                               # (b, c, d)
+    centered = o - o.mean(-1, keepdim=True)
+    inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
+    normed = centered * inv_std                                 # n_s
+    error = 2 * (k + normed * gain[:, None] + bias[:, None] - v)  # e_s = dl / dM(k_s)
+    delta_normed = error * gain[:, None]
+    # the layer norm's backward: d o = (dn - mean(dn) - n mean(dn * n)) / std
+    delta_out = inv_std * (delta_normed - delta_normed.mean(-1, keepdim=True)
+                           - normed * (delta_normed * normed).mean(-1, keepdim=True))
+    delta_hidden = (delta_out @ w1) * gelu_derivative(a)       # (b, c, f)
+    grad_gain = error * normed
+    # ||G_s||^2 over all fast weights; an outer product's norm is the product of the two norms
+    sq_norm = (delta_hidden.pow(2).sum(-1) * k.pow(2).sum(-1) + delta_out.pow(2).sum(-1) * z.pow(2).sum(-1)
+               + grad_gain.pow(2).sum(-1) + error.pow(2).sum(-1))
+    scale = bound / sq_norm.clamp(min=bound**2).sqrt()         # the same clip as chapter 4's
+    return GradientFactors(k, z, delta_hidden, delta_out, grad_gain, error, scale)
+
+
+def decay_matrix(a: Tensor) -> Tensor:
+    """The matrix form of ``h_t = a_t h_{t-1} + x_t``: ``L[t, s] = a_{s+1} ... a_t`` for ``s <= t``.
+
+    a: (b, c) -> L: (b, c, c), lower triangular with ones on the diagonal, so that
+    ``h = L x`` solves the recurrence from ``h_0 = 0`` (chapter 3's scan, as one matrix).
+    Built by a cumulative product down each column: no logarithms, no division, exact at ``a = 0``.
+    """
+    c = a.shape[-1]
+    below = torch.ones(c, c, dtype=torch.bool, device=a.device).tril(-1)  # t > s
+    factors = torch.where(below, a[..., :, None], torch.ones((), dtype=a.dtype, device=a.device))
+    return factors.cumprod(dim=-2).tril()
+
+
+class ChunkCoefficients(NamedTuple):
+    """``W_t = decay_t W_prev + from_momentum_t S_prev + sum_s mix[t, s] G_s`` and
+    ``S_end = momentum_decay S_prev + sum_s momentum_mix[s] G_s`` (every field per batch row)."""
+
+    decay: Tensor          # D_t = prod_{i<=t} (1 - alpha_i)                         (b, c)
+    from_momentum: Tensor  # B_t = sum_{r<=t} prod_{i=r+1..t} (1 - alpha_i) E_r    (b, c)
+    mix: Tensor            # C = L_(1-alpha) L_eta diag(-theta u)                    (b, c, c)
+    momentum_decay: Tensor  # E_c = prod_{i<=c} eta_i                               (b,)
+    momentum_mix: Tensor   # last row of L_eta diag(-theta u)                        (b, c)
+
+
+def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, scale: Tensor) -> ChunkCoefficients:
+    """Eqs. (13)-(14) unrolled over one chunk: rates and clip scales (b, c) -> scalar coefficients.
+
+    ``S_t = eta_t S_{t-1} - theta_t u_t G_t`` gives ``S_t = E_t S_prev + (L_eta diag(-theta u) G)_t``;
+    ``M_t = (1 - alpha_t) M_{t-1} + S_t`` gives ``M_t = D_t M_prev + (L_(1-alpha) S)_t``.
+    """
+    keep = 1 - alpha
+    step = -theta * scale                                       # (b, c)
+    momentum_of_grads = decay_matrix(eta) * step[:, None, :]    # S_t's coefficient of G_s
+    keep_matrix = decay_matrix(keep)
+    eta_products = eta.cumprod(-1)                              # E_t
+    return ChunkCoefficients(
+        decay=keep.cumprod(-1),
+        from_momentum=(keep_matrix @ eta_products[..., None])[..., 0],
+        mix=keep_matrix @ momentum_of_grads,
+        momentum_decay=eta_products[:, -1],
+        momentum_mix=momentum_of_grads[:, -1],
+    )
+
+
+def combine_weights(coef_prev: Tensor, prev: Weights, coef_momentum: Tensor, momentum: Weights,
+                    coef_grads: Tensor, grads: GradientFactors) -> Weights:
+    """One set of weights ``coef_prev W_prev + coef_momentum S_prev + sum_s coef_grads[s] G_s``.
+
+    coef_prev, coef_momentum: (b,); coef_grads: (b, c). The sums over outer products are one
+    matrix product per layer: ``sum_s w_s da_s k_s^T = (da * w)^T K``.
+    """
+    def mix(index: int, from_grads: Tensor) -> Tensor:
+        p, s = prev[index], momentum[index]
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        return coef_prev.reshape(shape) * p + coef_momentum.reshape(shape) * s + from_grads
+
+    w = coef_grads[..., None]                                   # (b, c, 1)
+    return (mix(0, (grads.delta_hidden * w).mT @ grads.keys),    # (b, f, d)
+            mix(1, (grads.delta_out * w).mT @ grads.hidden),     # (b, d, f)
+            mix(2, (grads.grad_gain * w).sum(1)),
+            mix(3, (grads.grad_bias * w).sum(1)))
+
+
+def dual_chunk(weights: Weights, momentum: Weights, chunk_weights: Weights, k: Tensor, v: Tensor,
+               theta: Tensor, eta: Tensor, alpha: Tensor, q: Tensor | None, bound: float, eps: float
+               ) -> tuple[Weights, Weights, Tensor | None]:
+    """Write c tokens that lie in ONE chunk and, if q is given, read ``y_t = M_t(q_t)`` for each.
+
+    weights, momentum: ``M_prev``, ``S_prev`` before the first of these tokens; chunk_weights: the
+    weights where the chunk began (eq. 16's gradients are taken there). k, v, q: (b, c, d); rates
+    (b, c). Returns the weights and momentum after the last token and y (b, c, d) or None.
+    """
+    grads = mlp_gradient_factors(chunk_weights, k, v, bound, eps)
+    coef = chunk_coefficients(theta, eta, alpha, grads.scale)
+    y = None
+    if q is not None:
+        w2, w1, gain, bias = weights
+        s2, s1, s_gain, s_bias = momentum
+        decay, from_momentum = coef.decay[..., None], coef.from_momentum[..., None]  # (b, c, 1)
+        # W2_t q_t, with W2_t = D_t W2_prev + B_t S2_prev + sum_s C_ts da_s k_s^T
+        a = (decay * (q @ w2.mT) + from_momentum * (q @ s2.mT)
+             + (coef.mix * (q @ k.mT)) @ grads.delta_hidden)                        # (b, c, f)
+        z = F.gelu(a)
+        o = (decay * (z @ w1.mT) + from_momentum * (z @ s1.mT)
+             + (coef.mix * (z @ grads.hidden.mT)) @ grads.delta_out)                # (b, c, d)
+        gain_t = decay * gain[:, None] + from_momentum * s_gain[:, None] + coef.mix @ grads.grad_gain
+        bias_t = decay * bias[:, None] + from_momentum * s_bias[:, None] + coef.mix @ grads.grad_bias
+        y = q + F.layer_norm(o, o.shape[-1:], eps=eps) * gain_t + bias_t
+    zero = torch.zeros_like(coef.decay[:, -1])
+    new_weights = combine_weights(coef.decay[:, -1], weights, coef.from_momentum[:, -1], momentum,
+                                  coef.mix[:, -1], grads)
+    new_momentum = combine_weights(zero, weights, coef.momentum_decay, momentum, coef.momentum_mix, grads)
+    return new_weights, new_momentum, y
