@@ -130,23 +130,30 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, scale: Tensor)
     )
 
 
-def combine_weights(coef_prev: Tensor, prev: Weights, coef_momentum: Tensor, momentum: Weights,
-                    coef_grads: Tensor, grads: GradientFactors) -> Weights:
-    """One set of weights ``coef_prev W_prev + coef_momentum S_prev + sum_s coef_grads[s] G_s``.
+def scale_rows(scalar: Tensor, w: Tensor) -> Tensor:
+    """``scalar[i] * w[i]`` for every batch row: scalar (b,), w (b, ...) -> (b, ...)."""
+    return scalar.reshape(-1, *[1] * (w.dim() - 1)) * w
 
-    coef_prev, coef_momentum: (b,); coef_grads: (b, c). The sums over outer products are one
-    matrix product per layer: ``sum_s w_s da_s k_s^T = (da * w)^T K``.
+
+def chunk_end(coef: ChunkCoefficients, weights: Weights, momentum: Weights, grads: GradientFactors
+              ) -> tuple[Weights, Weights]:
+    """The state after the chunk's last token: ``M_end = D_c M_prev + B_c S_prev + sum_s C_cs G_s``
+    and ``S_end = E_c S_prev + sum_s mu_s G_s`` (the last rows of the coefficients).
+
+    A weighted sum of outer products is one matrix product per layer: ``sum_s w_s da_s k_s^T =
+    (da * w)^T K``.
     """
-    def mix(index: int, from_grads: Tensor) -> Tensor:
-        p, s = prev[index], momentum[index]
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        return coef_prev.reshape(shape) * p + coef_momentum.reshape(shape) * s + from_grads
+    def outer_sums(w: Tensor) -> Weights:                           # sum_s w_s G_s, w (b, c)
+        w = w[..., None]
+        return ((grads.delta_hidden * w).mT @ grads.keys,          # (b, f, d)
+                (grads.delta_out * w).mT @ grads.hidden,           # (b, d, f)
+                (grads.grad_gain * w).sum(1), (grads.grad_bias * w).sum(1))
 
-    w = coef_grads[..., None]                                   # (b, c, 1)
-    return (mix(0, (grads.delta_hidden * w).mT @ grads.keys),    # (b, f, d)
-            mix(1, (grads.delta_out * w).mT @ grads.hidden),     # (b, d, f)
-            mix(2, (grads.grad_gain * w).sum(1)),
-            mix(3, (grads.grad_bias * w).sum(1)))
+    new_weights = tuple(delta + scale_rows(coef.decay[:, -1], w) + scale_rows(coef.from_momentum[:, -1], s)
+                        for delta, w, s in zip(outer_sums(coef.mix[:, -1]), weights, momentum))
+    new_momentum = tuple(delta + scale_rows(coef.momentum_decay, s)
+                         for delta, s in zip(outer_sums(coef.momentum_mix), momentum))
+    return new_weights, new_momentum
 
 
 def dual_chunk(weights: Weights, momentum: Weights, chunk_weights: Weights, k: Tensor, v: Tensor,
@@ -174,8 +181,4 @@ def dual_chunk(weights: Weights, momentum: Weights, chunk_weights: Weights, k: T
         gain_t = decay * gain[:, None] + from_momentum * s_gain[:, None] + coef.mix @ grads.grad_gain
         bias_t = decay * bias[:, None] + from_momentum * s_bias[:, None] + coef.mix @ grads.grad_bias
         y = q + F.layer_norm(o, o.shape[-1:], eps=eps) * gain_t + bias_t
-    zero = torch.zeros_like(coef.decay[:, -1])
-    new_weights = combine_weights(coef.decay[:, -1], weights, coef.from_momentum[:, -1], momentum,
-                                  coef.mix[:, -1], grads)
-    new_momentum = combine_weights(zero, weights, coef.momentum_decay, momentum, coef.momentum_mix, grads)
-    return new_weights, new_momentum, y
+    return *chunk_end(coef, weights, momentum, grads), y

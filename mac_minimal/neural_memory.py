@@ -157,6 +157,14 @@ def unflatten_weights(flat: Tensor, shapes: list[torch.Size]) -> Weights:
     return tuple(p.reshape(*flat.shape[:-1], *s) for p, s in zip(pieces, shapes))
 
 
+def chunk_lengths(n: int, chunk_size: int, offset: int) -> list[int]:
+    """Lengths of the pieces that cut n tokens at the chunk boundaries, the first token sitting
+    ``offset`` tokens into its chunk: ``chunk_lengths(10, 4, 1) == [3, 4, 3]``."""
+    first = min(n, chunk_size - offset)
+    whole, rest = divmod(n - first, chunk_size)
+    return [first] + [chunk_size] * whole + ([rest] if rest else [])
+
+
 Method = TypeVar("Method", bound=Callable)
 
 
@@ -278,19 +286,18 @@ class NeuralMemory(nn.Module):
         """
         cfg = self.config
         weights, momentum, chunk_weights, offset = state
-        n, start, outputs = k.shape[1], 0, []
-        while start < n:
-            end = min(n, start + cfg.chunk_size - offset)  # stop at the next absolute chunk boundary
-            piece = slice(start, end)
-            weights, momentum, y = dual_chunk(
-                weights, momentum, chunk_weights, k[:, piece], v[:, piece],
-                theta[:, piece], eta[:, piece], alpha[:, piece],
-                None if q is None else q[:, piece], cfg.grad_clip, cfg.ln_eps)
+        lengths = chunk_lengths(k.shape[1], cfg.chunk_size, offset)
+        # one split per input (not a slice per chunk: a slice's backward writes a full-length gradient)
+        pieces = zip(*(t.split(lengths, dim=1) for t in (k, v, theta, eta, alpha)),
+                     q.split(lengths, dim=1) if q is not None else [None] * len(lengths))
+        outputs = []
+        for k_c, v_c, theta_c, eta_c, alpha_c, q_c in pieces:
+            weights, momentum, y = dual_chunk(weights, momentum, chunk_weights, k_c, v_c, theta_c, eta_c,
+                                              alpha_c, q_c, cfg.grad_clip, cfg.ln_eps)
             outputs.append(y)
-            offset = (offset + end - start) % cfg.chunk_size
+            offset = (offset + k_c.shape[1]) % cfg.chunk_size
             if offset == 0:  # a new chunk starts at the weights just reached
                 chunk_weights = weights
-            start = end
         y = torch.cat(outputs, dim=1) if q is not None else None
         return NeuralMemoryState(weights, momentum, chunk_weights, offset), y
 

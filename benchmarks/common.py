@@ -1,0 +1,135 @@
+"""Shared pieces of the benchmark scripts: timing, step memory, the training step, JSON output.
+
+* :func:`median_seconds` times several jobs round-robin (every repeat runs each job once, in turn),
+  so that a busy moment of a shared machine hits all of them alike and their ratios survive.
+* :func:`step_memory_bytes` measures how far the resident set grows during one call of a job
+  (one training step, say), in a fresh process, after a warm-up call. Linux only (``/proc``):
+  after the warm-up, ``gc.collect()`` and glibc's ``malloc_trim(0)`` give freed heap back to the
+  OS, writing ``5`` to ``/proc/self/clear_refs`` resets the peak ``VmHWM`` to the current
+  ``VmRSS``; the result is ``VmHWM`` after the call minus ``VmRSS`` before it. What the process
+  held before the call (weights, optimizer state, the interpreter) does not count; activations
+  kept for backward, gradients and temporaries do.
+* :func:`training_step` builds one training step: forward, next-token cross-entropy, backward,
+  AdamW step, ``zero_grad``.
+* :func:`write_json` and :func:`environment`: results with the torch version and the machine.
+
+Used as a module of the scripts next to it (``python benchmarks/bench_x.py`` puts this folder on
+``sys.path``).
+"""
+
+import ctypes
+import gc
+import json
+import multiprocessing
+import os
+import pathlib
+import platform
+import re
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
+
+Job = Callable[[], object]
+
+
+def median_seconds(jobs: dict[str, Job], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of one call of each job: ``warmup`` untimed rounds, then ``repeats`` rounds
+    in which every job runs once, in the order given (round-robin, interleaved)."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for round_ in range(warmup + repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------- the training step
+def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]`` with a model whose
+    forward returns ``(logits, state)`` (``MACTransformer``); tokens (b, n + 1)."""
+    logits, _ = model(tokens[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def training_step(model: torch.nn.Module, tokens: torch.Tensor,
+                  loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = next_token_loss,
+                  lr: float = 1e-3) -> Job:
+    """One training step as a function of no arguments: loss, backward, AdamW step, zero_grad.
+
+    The optimizer's state is created by the first call (the warm-up of the timings)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def step() -> float:
+        loss = loss_fn(model, tokens)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+# ---------------------------------------------------------------- step memory
+def _proc_status_kib(*keys: str) -> dict[str, int]:
+    text = pathlib.Path("/proc/self/status").read_text()
+    return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE).group(1)) for key in keys}
+
+
+def _measure_here(build: Callable[..., Job], kwargs: dict, threads: int) -> int:
+    """In this process: build the job, call it once (warm-up), give freed memory back, reset the
+    peak, call it again; bytes of ``VmHWM`` after minus ``VmRSS`` before."""
+    torch.set_num_threads(threads)
+    job = build(**kwargs)
+    job()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    pathlib.Path("/proc/self/clear_refs").write_text("5")
+    before = _proc_status_kib("VmRSS")["VmRSS"]
+    job()
+    after = _proc_status_kib("VmHWM")["VmHWM"]
+    return (after - before) * 1024
+
+
+def step_memory_bytes(build: Callable[..., Job], threads: int = 1, **kwargs: object) -> int | None:
+    """Resident-set growth (bytes) of the second call of ``build(**kwargs)()``, in a fresh process.
+
+    ``build`` must be a module-level function (the process is started with ``spawn``, which
+    imports the calling script again, so the script needs its ``if __name__ == "__main__"``
+    guard). Returns None where it cannot be measured: not Linux, or the process died (killed for
+    memory, say)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(_measure_here, build, kwargs, threads).result()
+    except BrokenProcessPool:
+        print(f"step_memory_bytes: the process died measuring {build.__name__}({kwargs})", flush=True)
+        return None
+
+
+# ---------------------------------------------------------------- output
+def environment() -> dict:
+    """What the numbers were measured with."""
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": "float32",
+            "device": "cpu"}
+
+
+def write_json(path: pathlib.Path, payload: dict) -> None:
+    """Write ``payload`` as indented JSON (parents created) and say where."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}", flush=True)
