@@ -60,10 +60,14 @@ def state_tensors(state: NeuralMemoryState) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------- fact 1: gradients by hand
-def test_gelu_derivative_is_autograds():
+def test_gelu_derivative_is_autograds_and_the_fused_backward():
     a = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
     (expected,) = torch.autograd.grad(F.gelu(a).sum(), a)
     assert_close(gelu_derivative(a.detach()), expected)
+    grad = torch.randn(101, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fused = torch.ops.aten.gelu_backward(grad, a)            # what mlp_gradient_factors uses
+    assert_close(fused, grad * gelu_derivative(a))
+    assert_close(*(torch.autograd.grad(out.sum(), a)[0] for out in (fused, grad * gelu_derivative(a))))
 
 
 def test_gradient_factors_equal_torch_func_gradients_and_their_gradients():
