@@ -282,7 +282,7 @@ class NeuralMemory(nn.Module):
         """Write chunk by chunk in the dual form; if ``q`` (b, n, d) is given, also read ``M_t(q_t)``.
 
         Same numbers as :meth:`_write_chunks_materialized`, but per-token weights are never built:
-        :func:`~mac_minimal.dual_form.dual_chunk` reads through them (section 4.8).
+        :func:`~mac_minimal.dual_form.dual_chunk` reads through them (chapter 4, 'The dual form').
         """
         cfg = self.config
         weights, momentum, chunk_weights, offset = state
