@@ -18,9 +18,10 @@ The settings, and why:
   step carry any signal: after 300 steps it was at 16%). Sequences of 64 tokens, segment 8,
   so the evaluation distances 4, 8, 16, 32, 60 are 0.5x, 1x, 2x, 4x and 7.5x the segment.
 * lm: the first 1 MB of the Python standard library's sources, bytes, 128-byte windows.
-* Every model sees the same steps and batches. MAC is 23-30x slower per step on a CPU than the
-  others (its memory does per-token work in a Python loop over chunks), which sets the budget:
-  about 5 minutes per MAC run at 300 steps.
+* Every model sees the same steps and batches. When these runs were recorded MAC was 23-30x slower
+  per step on a CPU than the others (the memory materialised per-token weights), which set the
+  budget: about 5 minutes per MAC run at 300 steps. Chapter 4's dual form has since cut a MAC
+  step in this setting to about 9x the memory-free model (``bench_training_step.py``).
 
 Recorded for the book (2-core CPU shared with other jobs, so the timings are noisy): the six runs
 above, then ``--only mac-recall mac_no_memory-recall full_attention-recall --steps 900``.
