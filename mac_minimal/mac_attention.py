@@ -56,6 +56,9 @@ class MACAttentionConfig:
     combine: eq. (25)'s (x): ``"sum"`` ``y + M*(y)`` (default, chosen by the recall experiment of
         ``benchmarks/bench_combine.py``), ``"gate"`` ``y * sigmoid(M*(y))``, ``"mlp"`` ``MLP([y, M*(y)])``.
     use_memory: False drops the neural memory: attention over ``[persistent | S]`` and ``o = y``.
+    memory_max_lr: the cap of the memory's step size theta_t (``NeuralMemoryConfig.max_lr``).
+    memory_scale_init: None combines ``y`` with ``m = M*_t(y)`` as eq. (25) writes it; a number
+        adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``.
     """
 
     dim: int = 32
@@ -66,6 +69,8 @@ class MACAttentionConfig:
     combine: str = "sum"
     use_memory: bool = True
     rotary_base: float = 10000.0
+    memory_max_lr: float = 0.1
+    memory_scale_init: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "heads", "segment_len", "chunk_size"):
@@ -82,8 +87,9 @@ class MACAttentionConfig:
         return self.dim // self.heads
 
     def memory_config(self) -> NeuralMemoryConfig:
-        """The neural memory of this layer: width ``dim``, chunk ``chunk_size``, other fields default."""
-        return NeuralMemoryConfig(dim=self.dim, chunk_size=self.chunk_size)
+        """The neural memory of this layer: width ``dim``, chunk ``chunk_size``, step cap
+        ``memory_max_lr``, other fields default."""
+        return NeuralMemoryConfig(dim=self.dim, chunk_size=self.chunk_size, max_lr=self.memory_max_lr)
 
 
 class MACAttentionState(NamedTuple):
@@ -175,9 +181,12 @@ class MACAttention(nn.Module):
         self.persistent = PersistentKV(config.heads, config.num_persistent, config.head_dim)
         self.memory: NeuralMemory | None = None
         self.combine: Combine | None = None
+        self.memory_scale: nn.Parameter | None = None
         if config.use_memory:
             self.memory = NeuralMemory(config.memory_config())
             self.combine = Combine(d, config.combine)
+            if config.memory_scale_init is not None:
+                self.memory_scale = nn.Parameter(torch.tensor(float(config.memory_scale_init)))
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int) -> MACAttentionState:
@@ -269,6 +278,8 @@ class MACAttention(nn.Module):
             h = self.retrieve(x, state)                                   # (21)
             y, state = self.attend(x, h, state)                           # (22)-(23)
             m, memory = self.memory(y, state.memory)                      # (24), m_j = M_j(y_j)
+            if self.memory_scale is not None:
+                m = self.memory_scale * m
             o = self.combine(y, m)                                        # (25)
             state = state._replace(memory=memory)
         if state.filled == self.config.segment_len:                      # segment done: roll over

@@ -45,7 +45,8 @@ class MACConfig:
     chunk_size: the neural memory's chunk (eq. 16); combine: eq. (25)'s (x), one of
     ``"sum"`` (default), ``"gate"``, ``"mlp"``; use_memory: False = the same model without neural
     memory (segment-local attention + persistent slots; fewer parameters, see
-    :meth:`MACTransformer.num_parameters`); ffn_mult: FFN hidden width = ``ffn_mult * dim``.
+    :meth:`MACTransformer.num_parameters`); ffn_mult: FFN hidden width = ``ffn_mult * dim``;
+    memory_max_lr, memory_scale_init: see :class:`~mac_minimal.mac_attention.MACAttentionConfig`.
     """
 
     vocab_size: int = 64
@@ -58,6 +59,8 @@ class MACConfig:
     combine: str = "sum"
     use_memory: bool = True
     ffn_mult: int = 4
+    memory_max_lr: float = 0.1
+    memory_scale_init: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "depth", "ffn_mult"):
@@ -68,7 +71,8 @@ class MACConfig:
         """The config of every block's :class:`MACAttention`."""
         return MACAttentionConfig(dim=self.dim, heads=self.heads, segment_len=self.segment_len,
                                   num_persistent=self.num_persistent, chunk_size=self.chunk_size,
-                                  combine=self.combine, use_memory=self.use_memory)
+                                  combine=self.combine, use_memory=self.use_memory,
+                                  memory_max_lr=self.memory_max_lr, memory_scale_init=self.memory_scale_init)
 
 
 class MACState(NamedTuple):

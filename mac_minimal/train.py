@@ -105,6 +105,8 @@ class TrainConfig:
     segment_len: int = 16
     num_persistent: int = 4
     chunk_size: int = 8
+    memory_max_lr: float = 0.1
+    memory_scale_init: float | None = None
     seq_len: int = 128
     batch_size: int = 8
     steps: int = 200
@@ -160,7 +162,8 @@ class TrainConfig:
 def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:
     return MACConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads,
                      segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
-                     chunk_size=cfg.chunk_size, use_memory=use_memory)
+                     chunk_size=cfg.chunk_size, use_memory=use_memory,
+                     memory_max_lr=cfg.memory_max_lr, memory_scale_init=cfg.memory_scale_init)
 
 
 def _full_attention(cfg: TrainConfig, vocab_size: int, dim: int) -> FullAttentionConfig:
@@ -247,6 +250,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--segment-len", type=int, default=d.segment_len, help="MAC attention segment")
     g.add_argument("--num-persistent", type=int, default=d.num_persistent, help="MAC persistent slots")
     g.add_argument("--chunk-size", type=int, default=d.chunk_size, help="MAC memory chunk")
+    g.add_argument("--memory-max-lr", type=float, default=d.memory_max_lr,
+                   help="MAC memory: cap of the step size theta_t")
+    g.add_argument("--memory-scale-init", type=float, default=d.memory_scale_init,
+                   help="MAC: a learned scalar on the memory term of eq. 25, initialised to this "
+                        "(default: none, o = y + M(y))")
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=TASKS, default=d.task)
     g.add_argument("--data", default=d.data, metavar="PATH",

@@ -241,3 +241,45 @@ def test_errors():
         attn(inputs()[:, :3], state)
     with pytest.raises(ValueError, match="batch size 1 but the state holds 2"):
         attn(inputs()[:1, :1], state)
+
+
+# ---------------------------------------------------------------- trainability knobs
+def test_memory_scale_multiplies_the_memory_term_and_is_learned():
+    """``memory_scale_init`` s: o = combine(y, s * M_t(y)); at s = 0 the sum combine gives o = y."""
+    plain, scaled = make(), make(memory_scale_init=0.0)
+    scaled.load_state_dict(plain.state_dict() | {"memory_scale": torch.tensor(0.0, dtype=torch.float64)})
+    state = written_state(plain)
+    x = inputs()
+    y, _ = plain.attend(x, plain.retrieve(x, state), state)
+    o, _ = scaled(x, state)
+    torch.testing.assert_close(o, y, rtol=0, atol=0)
+    with torch.no_grad():
+        scaled.memory_scale.fill_(0.5)
+    m, _ = plain.memory(y, state.memory)
+    torch.testing.assert_close(scaled(x, state)[0], y + 0.5 * m, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(scaled(x, state)[0].square().sum(), scaled.memory_scale)
+    assert grad.abs() > 0
+    assert make().memory_scale is None and make(use_memory=False, memory_scale_init=0.0).memory_scale is None
+
+
+def test_memory_max_lr_reaches_the_memory():
+    attn = make(memory_max_lr=0.03)
+    assert attn.memory.config.max_lr == 0.03
+    theta, _, _ = attn.memory.rates(inputs() * 100)
+    assert (theta < 0.03).all() and (theta > 0).all()
+
+
+@pytest.mark.parametrize("memory_scale_init", [0.0, 1.0])
+def test_scaled_memory_is_causal_and_streams(memory_scale_init):
+    attn = make(memory_scale_init=memory_scale_init, memory_max_lr=0.03)
+    state = written_state(attn)
+    x = inputs()
+    whole, _ = attn(x, state)
+    outs, s = [], state
+    for a, b in [(0, 2), (2, 3), (3, C)]:
+        o, s = attn(x[:, a:b], s)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-12, atol=1e-12)
+    x2 = x.clone()
+    x2[:, 3:] += 1.0
+    assert torch.equal(attn(x2, state)[0][:, :3], whole[:, :3])
