@@ -40,27 +40,33 @@ VARIANTS = {
 }
 
 
-def command(name: str, seed: int) -> list[str]:
-    out = RUNS.relative_to(ROOT) / f"{name}-s{seed}"
+def run_name(name: str, seed: int, steps: int | None) -> str:
+    return f"{name}-s{seed}" + ("" if steps is None else f"-{steps}steps")
+
+
+def command(name: str, seed: int, steps: int | None = None) -> list[str]:
+    out = RUNS.relative_to(ROOT) / run_name(name, seed, steps)
     return [sys.executable, "-m", "mac_minimal.train", *BASE, *VARIANTS[name], "--seed", str(seed),
+            *([] if steps is None else ["--steps", str(steps), "--eval-every", str(steps // 6)]),
             "--out", str(out)]
 
 
-def run(name: str, seed: int) -> dict:
+def run(name: str, seed: int, steps: int | None) -> dict:
     """Train one variant; return its final evaluation and wall time."""
-    cmd = command(name, seed)
+    cmd = command(name, seed, steps)
     print(" ".join(cmd[1:]), flush=True)
-    out = RUNS / f"{name}-s{seed}"
+    out = RUNS / run_name(name, seed, steps)
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                    env=os.environ | {"OMP_NUM_THREADS": "1"})
     seconds = time.perf_counter() - start
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "metrics.jsonl", RESULTS / f"{name}-s{seed}.jsonl")
+    shutil.copy(out / "metrics.jsonl", RESULTS / f"{run_name(name, seed, steps)}.jsonl")
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "eval"]
-    result = {"variant": name, "seed": seed, "flags": VARIANTS[name], "wall_s": round(seconds, 1),
+    result = {"variant": name, "seed": seed, "steps": steps or 900, "flags": VARIANTS[name],
+              "command": " ".join(["python", *cmd[1:]]), "wall_s": round(seconds, 1),
               "final": evals[-1]["accuracy"], "curve": [(e["step"], e["accuracy"]) for e in evals]}
     print(f"{name} seed {seed}: {result['final']} in {seconds:.0f} s", flush=True)
     return result
@@ -70,10 +76,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=None, help="instead of the base 900")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="print the commands and stop")
     args = parser.parse_args()
-    jobs = [(name, seed) for name in args.only for seed in args.seeds]
+    jobs = [(name, seed, args.steps) for name in args.only for seed in args.seeds]
     if args.list:
         for job in jobs:
             print(" ".join(command(*job)))
@@ -82,8 +89,9 @@ def main() -> None:
         results = list(pool.map(lambda job: run(*job), jobs))
     summary_path = RESULTS / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"runs": []}
-    done = {(r["variant"], r["seed"]) for r in results}
-    summary["runs"] = [r for r in summary["runs"] if (r["variant"], r["seed"]) not in done] + results
+    done = {(r["variant"], r["seed"], r["steps"]) for r in results}
+    summary["runs"] = [r for r in summary["runs"]
+                       if (r["variant"], r["seed"], r.get("steps", 900)) not in done] + results
     summary["base_flags"] = BASE
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {summary_path}")

@@ -10,6 +10,7 @@ Each module backs one chapter of the book in ``book/``:
  3      ``scan``                 linear recurrences as an associative scan
  3      ``hybrid``               MM-Rec with everything scannable taken out of the loop
  4      ``neural_memory``        an MLP written by gradient descent at test time
+ 4      ``dual_form``            the same write-and-read without per-token weights
  5      ``rotary``               rotary position embedding
  5      ``persistent``           learned persistent keys/values (attention sinks)
  6      ``mac_attention``        Titans eqs. 21-25 for one segment, causally
