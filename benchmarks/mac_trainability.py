@@ -100,7 +100,7 @@ def run(name: str, seed: int, steps: int | None) -> dict:
     shutil.copy(out / "metrics.jsonl", RESULTS / f"{run_name(name, seed, steps)}.jsonl")
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "eval"]
-    result = {"variant": name, "seed": seed, "steps": steps or 900, "flags": VARIANTS[name],
+    result = {"variant": name, "seed": seed, "steps": int(cmd[cmd.index("--steps") + 1]), "flags": VARIANTS[name],
               "command": " ".join(["python", *cmd[1:]]), "wall_s": round(seconds, 1),
               "final": evals[-1].get("accuracy", evals[-1].get("bpb")),
               "curve": [(e["step"], e.get("accuracy", e.get("bpb"))) for e in evals]}
