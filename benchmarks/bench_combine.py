@@ -5,7 +5,9 @@ third segment the model sees ``A[0..i]`` and must predict ``A[i+1]``. Attention 
 only the neural memory can carry A from segment 1 to segment 3; a model without memory stays at
 chance (loss ln 16 = 2.77). Loss and accuracy are measured on those 7 recall predictions only.
 
-For each combine variant ("gate", "sum", "mlp") and for ``use_memory=False``, several seeds; the
+For each combine variant ("gate", "sum", "mlp") and for ``use_memory=False``, several seeds, with
+``MACConfig``'s defaults otherwise (so chapter 8's learned memory scale, initialised to 0, and the
+memory step cap of 0.03 are in; each run's config is recorded); the
 learning curves and a final evaluation on 512 held-out sequences go to
 ``book/results/combine_experiment.json`` (chapter 6 plots them).
 
@@ -13,6 +15,7 @@ learning curves and a final evaluation on 512 held-out sequences go to
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -62,7 +65,8 @@ def train(combine: str, use_memory: bool, seed: int, steps: int, every: int) -> 
     seconds = time.perf_counter() - start
     with torch.no_grad():
         loss, accuracy = recall_loss(model, recall_batch(512, torch.Generator().manual_seed(7)))
-    return {"combine": combine, "use_memory": use_memory, "seed": seed, "curve": curve,
+    return {"combine": combine, "use_memory": use_memory, "seed": seed, "config": dataclasses.asdict(config),
+            "curve": curve,
             "eval_loss": round(loss.item(), 4), "eval_accuracy": round(accuracy.item(), 4),
             "train_seconds": round(seconds, 1), "parameters": model.num_parameters()}
 

@@ -51,7 +51,7 @@ TEXT = ["--task", "lm", "--max-bytes", "1000000", "--seq-len", "128", "--segment
         "--eval-batches", "8", "--dim", "48"]
 TRAINABLE = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03"]
 VARIANTS = {
-    "mac": ONE_FACT + ["--model", "mac"],
+    "mac": ONE_FACT + ["--model", "mac", "--memory-scale-init", "none", "--memory-max-lr", "0.1"],
     "lr0.03": ONE_FACT + ["--model", "mac", "--memory-max-lr", "0.03"],
     "scale0": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0"],
     "scale0-lr0.03": ONE_FACT + TRAINABLE,

@@ -41,6 +41,9 @@ RESULTS = ROOT / "book" / "results" / "training"
 RUNS = ROOT / "runs" / "chapter8"
 MODELS = ("mac", "mac_no_memory", "full_attention")
 
+# MAC as the paper writes it: eq. (25) without chapter 8's learned scale, and the memory's own step cap.
+# These runs predate the trainability settings that are now the defaults (``mac_trainability.py``).
+AS_WRITTEN = ["--memory-scale-init", "none", "--memory-max-lr", "0.1"]
 COMMON = ["--dim", "32", "--depth", "2", "--heads", "4", "--num-persistent", "4", "--lr", "3e-3",
           "--warmup-steps", "20", "--seed", "0", "--device", "cpu", "--no-progress"]
 TASKS = {
@@ -56,7 +59,8 @@ TASKS = {
 
 def command(model: str, task: str, steps: int | None, out: str) -> list[str]:
     """The trainer's command line for one recorded run (``steps`` None: the setting above)."""
-    return [sys.executable, "-m", "mac_minimal.train", "--model", model, *COMMON, *TASKS[task],
+    as_written = AS_WRITTEN if model == "mac" else []
+    return [sys.executable, "-m", "mac_minimal.train", "--model", model, *as_written, *COMMON, *TASKS[task],
             *([] if steps is None else ["--steps", str(steps)]), "--out", str(RUNS.relative_to(ROOT) / out)]
 
 

@@ -56,9 +56,12 @@ class MACAttentionConfig:
     combine: eq. (25)'s (x): ``"sum"`` ``y + M*(y)`` (default, chosen by the recall experiment of
         ``benchmarks/bench_combine.py``), ``"gate"`` ``y * sigmoid(M*(y))``, ``"mlp"`` ``MLP([y, M*(y)])``.
     use_memory: False drops the neural memory: attention over ``[persistent | S]`` and ``o = y``.
-    memory_max_lr: the cap of the memory's step size theta_t (``NeuralMemoryConfig.max_lr``).
+    memory_max_lr: the cap of the memory's step size theta_t (``NeuralMemoryConfig.max_lr``);
+        0.03, not the memory's own 0.1 (chapter 8: a smaller step keeps the gradient through the
+        chain of writes tame, ``benchmarks/mac_trainability.py``).
     memory_scale_init: None combines ``y`` with ``m = M*_t(y)`` as eq. (25) writes it; a number
-        adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``.
+        adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``. Default
+        0.0: MAC starts as if ``o = y`` and learns how much of the memory term to use (chapter 8).
     """
 
     dim: int = 32
@@ -69,8 +72,8 @@ class MACAttentionConfig:
     combine: str = "sum"
     use_memory: bool = True
     rotary_base: float = 10000.0
-    memory_max_lr: float = 0.1
-    memory_scale_init: float | None = None
+    memory_max_lr: float = 0.03
+    memory_scale_init: float | None = 0.0
 
     def __post_init__(self) -> None:
         for name in ("dim", "heads", "segment_len", "chunk_size"):

@@ -59,8 +59,8 @@ class MACConfig:
     combine: str = "sum"
     use_memory: bool = True
     ffn_mult: int = 4
-    memory_max_lr: float = 0.1
-    memory_scale_init: float | None = None
+    memory_max_lr: float = 0.03
+    memory_scale_init: float | None = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "depth", "ffn_mult"):

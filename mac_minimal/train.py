@@ -98,6 +98,7 @@ class TrainConfig:
     max_bytes: int = 4_000_000
     num_facts: int = 4
     num_values: int = 32
+    num_keys: int = 32
     eval_distances: list[int] | None = None
     dim: int = 32
     depth: int = 2
@@ -105,8 +106,8 @@ class TrainConfig:
     segment_len: int = 16
     num_persistent: int = 4
     chunk_size: int = 8
-    memory_max_lr: float = 0.1
-    memory_scale_init: float | None = None
+    memory_max_lr: float = 0.03
+    memory_scale_init: float | None = 0.0
     seq_len: int = 128
     batch_size: int = 8
     steps: int = 200
@@ -131,10 +132,13 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values"):
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values",
+                     "num_keys"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.task == "recall":
+            if self.num_facts > self.num_keys:
+                raise ValueError(f"num_facts={self.num_facts} needs as many distinct keys, got num_keys={self.num_keys}")
             low, high = recall_distance_range(self.seq_len, self.num_facts)
             if any(not low <= d <= high for d in self.eval_distances or []):
                 raise ValueError(f"eval_distances must lie in [{low}, {high}] for seq_len={self.seq_len}, "
@@ -144,8 +148,8 @@ class TrainConfig:
 
     @property
     def recall_task(self) -> RecallTask:
-        """The recall vocabulary: the default key and filler ranges, ``num_values`` values."""
-        return RecallTask(num_values=self.num_values)
+        """The recall vocabulary: ``num_keys`` keys, ``num_values`` values, the default filler range."""
+        return RecallTask(num_keys=self.num_keys, num_values=self.num_values)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -215,6 +219,11 @@ def int_list(text: str) -> list[int]:
     return [int(item) for item in text.split(",")]
 
 
+def float_or_none(text: str) -> float | None:
+    """``"none"`` -> None, else a float (an argparse type)."""
+    return None if text.lower() == "none" else float(text)
+
+
 EXAMPLES = """examples:
   python -m mac_minimal.train --model mac --task recall             # CPU or GPU, whichever there is
   python -m mac_minimal.train --model full_attention --task lm --data notes.txt
@@ -252,9 +261,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--chunk-size", type=int, default=d.chunk_size, help="MAC memory chunk")
     g.add_argument("--memory-max-lr", type=float, default=d.memory_max_lr,
                    help="MAC memory: cap of the step size theta_t")
-    g.add_argument("--memory-scale-init", type=float, default=d.memory_scale_init,
-                   help="MAC: a learned scalar on the memory term of eq. 25, initialised to this "
-                        "(default: none, o = y + M(y))")
+    g.add_argument("--memory-scale-init", type=float_or_none, default=d.memory_scale_init,
+                   help="MAC: a learned scalar on the memory term of eq. 25, initialised to this; "
+                        "none: no scale, o = y + M(y)")
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=TASKS, default=d.task)
     g.add_argument("--data", default=d.data, metavar="PATH",
@@ -263,6 +272,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--num-facts", type=int, default=d.num_facts, help="recall: facts per sequence")
     g.add_argument("--num-values", type=int, default=d.num_values,
                    help="recall: distinct values (chance accuracy = 1 / num_values)")
+    g.add_argument("--num-keys", type=int, default=d.num_keys, help="recall: distinct keys (>= num_facts)")
     g.add_argument("--eval-distances", type=int_list, default=d.eval_distances,
                    metavar="D1,D2,...", help="recall: distances to evaluate (default: 5 across the range)")
     g = p.add_argument_group("optimisation")

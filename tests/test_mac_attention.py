@@ -13,6 +13,8 @@ B, C, D = 2, 6, 16
 
 
 def make(combine: str = "sum", use_memory: bool = True, seed: int = 0, **kw) -> MACAttention:
+    """A float64 layer; the memory scale starts at 0.5, not 0, so eq. (25)'s memory term takes part."""
+    kw.setdefault("memory_scale_init", 0.5)
     torch.manual_seed(seed)
     cfg = MACAttentionConfig(dim=D, heads=2, segment_len=C, num_persistent=3, chunk_size=4,
                              combine=combine, use_memory=use_memory, **kw)
@@ -51,6 +53,8 @@ def reference(attn: MACAttention, x: torch.Tensor, state) -> torch.Tensor:
         ys.append(torch.einsum("bhk,bhke->bhe", weights, values))
     y = attn.to_out(rearrange(torch.stack(ys, 2), "b h c e -> b c (h e)"))       # (22)-(23)
     m, _ = attn.memory.forward_sequential(y, state.memory)                       # (24), token loop: M_j(y_j)
+    if attn.memory_scale is not None:                                            # chapter 8's learned scale
+        m = attn.memory_scale * m
     return attn.combine(y, m)                                                    # (25)
 
 
@@ -91,9 +95,10 @@ def leaks(fn, x: torch.Tensor) -> bool:
     return False
 
 
+@pytest.mark.parametrize("memory_scale_init", [None, 0.7])
 @pytest.mark.parametrize("combine", COMBINES)
-def test_forward_equals_written_out_reference_with_gradients(combine):
-    attn = make(combine)
+def test_forward_equals_written_out_reference_with_gradients(combine, memory_scale_init):
+    attn = make(combine, memory_scale_init=memory_scale_init)
     state = written_state(attn)
     x = inputs().requires_grad_()
     out, _ = attn(x, state)
@@ -110,7 +115,7 @@ def test_forward_equals_written_out_reference_with_gradients(combine):
 
 
 def test_package_is_causal_and_both_naive_readings_leak():
-    attn = make()
+    attn = make(memory_scale_init=None)                             # eq. (25) as the paper writes it
     state = written_state(attn)
     x = inputs()
     assert not leaks(lambda t: attn(t, state)[0], x)
@@ -216,7 +221,7 @@ def test_combine_variants():
 def test_without_memory_has_no_memory_parameters():
     with_memory, without = make(), make(use_memory=False)
     assert without.memory is None and without.combine is None
-    extra = sum(p.numel() for p in with_memory.memory.parameters())
+    extra = sum(p.numel() for p in with_memory.memory.parameters()) + with_memory.memory_scale.numel()
     assert sum(p.numel() for p in with_memory.parameters()) - sum(p.numel() for p in without.parameters()) == extra
 
 
@@ -246,7 +251,7 @@ def test_errors():
 # ---------------------------------------------------------------- trainability knobs
 def test_memory_scale_multiplies_the_memory_term_and_is_learned():
     """``memory_scale_init`` s: o = combine(y, s * M_t(y)); at s = 0 the sum combine gives o = y."""
-    plain, scaled = make(), make(memory_scale_init=0.0)
+    plain, scaled = make(memory_scale_init=None), make(memory_scale_init=0.0)
     scaled.load_state_dict(plain.state_dict() | {"memory_scale": torch.tensor(0.0, dtype=torch.float64)})
     state = written_state(plain)
     x = inputs()
@@ -259,7 +264,7 @@ def test_memory_scale_multiplies_the_memory_term_and_is_learned():
     torch.testing.assert_close(scaled(x, state)[0], y + 0.5 * m, rtol=1e-12, atol=1e-12)
     (grad,) = torch.autograd.grad(scaled(x, state)[0].square().sum(), scaled.memory_scale)
     assert grad.abs() > 0
-    assert make().memory_scale is None and make(use_memory=False, memory_scale_init=0.0).memory_scale is None
+    assert plain.memory_scale is None and make(use_memory=False, memory_scale_init=0.0).memory_scale is None
 
 
 def test_memory_max_lr_reaches_the_memory():

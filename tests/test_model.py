@@ -10,6 +10,8 @@ V, C = 16, 4
 
 
 def make(use_memory: bool = True, combine: str = "sum", seed: int = 0, **kw) -> MACTransformer:
+    """A small float64 model; the memory scale starts at 0.5, not 0, so eq. (25)'s memory term takes part."""
+    kw.setdefault("memory_scale_init", 0.5)
     torch.manual_seed(seed)
     cfg = MACConfig(vocab_size=V, dim=16, depth=2, heads=2, segment_len=C, num_persistent=2,
                     chunk_size=3, combine=combine, use_memory=use_memory, **kw)
@@ -80,7 +82,8 @@ def test_every_parameter_gets_a_gradient(use_memory, combine):
 
 def test_parameter_count_without_memory():
     with_memory, without = make(True), make(False)
-    memory = sum(p.numel() for block in with_memory.blocks for p in block.attn.memory.parameters())
+    memory = sum(p.numel() for block in with_memory.blocks
+                 for p in (*block.attn.memory.parameters(), block.attn.memory_scale))
     assert with_memory.num_parameters() - without.num_parameters() == memory
     assert without.num_parameters() == sum(p.numel() for p in without.parameters())
 

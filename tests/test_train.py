@@ -107,6 +107,25 @@ def test_recall_values_option_sets_the_vocabulary_and_the_batches(tmp_path):
     assert oracle["accuracy"] == {8: 1.0}
 
 
+def test_recall_keys_option_sets_the_vocabulary(tmp_path):
+    cfg = tiny(tmp_path, num_keys=4, num_facts=2)
+    assert cfg.recall_task == RecallTask(num_keys=4) and train_module.prepare_data(cfg).vocab_size == 3 + 4 + 32 + 32
+    batch = train_module.make_batch(cfg, train_module.prepare_data(cfg), torch.Generator().manual_seed(0))
+    keys = batch.inputs[:, 1:][batch.inputs[:, :-1] == KEY]          # the token after every KEY marker
+    assert len(keys) == 2 * len(batch.inputs) and ((keys >= 3) & (keys < 3 + 4)).all()
+    assert parse_args(TINY + ["--num-keys", "6"]).num_keys == 6
+    with pytest.raises(ValueError, match="num_facts=3 needs as many distinct keys, got num_keys=2"):
+        tiny(tmp_path, num_keys=2, num_facts=3)
+
+
+def test_memory_flags_reach_the_mac_config():
+    assert parse_args(TINY).memory_scale_init == 0.0 and parse_args(TINY).memory_max_lr == 0.03
+    cfg = parse_args(TINY + ["--memory-scale-init", "none", "--memory-max-lr", "0.1"])
+    assert cfg.memory_scale_init is None and cfg.memory_max_lr == 0.1
+    assert model_config(cfg, 64).attention_config().memory_scale_init is None
+    assert parse_args(TINY + ["--memory-scale-init", "0.5"]).memory_scale_init == 0.5
+
+
 def test_peak_memory_is_reported_in_bytes_on_the_cpu():
     import resource
     peak = train_module.peak_memory_bytes(torch.device("cpu"))

@@ -1,0 +1,155 @@
+"""Chapter 8 on a GPU: the three models on both recall tasks and on text at a larger size, and speed.
+
+One script for a CUDA machine, about 8 minutes in all (``--budget-s``):
+
+* **training runs**: ``mac``, ``mac_no_memory`` and ``full_attention`` on one-fact recall, four-fact
+  recall and byte-level text, each one ``python -m mac_minimal.train`` command (printed, and stored
+  with its result). The sizes are those of the CPU runs scaled up: width 64 (text 128), sequences of
+  256 tokens in segments of 32, so the evaluation distances reach 8 segments back. Each run gets an
+  equal share of the training budget; a run that is not finished by then is stopped and kept with
+  ``"finished": false`` (its metrics up to the last evaluation stand).
+* **speed**: the median seconds of a training step (forward, loss, backward, AdamW) of MAC, of MAC
+  without memory and, when ``titans_pytorch`` can be imported, of ``titans-pytorch``'s
+  ``MemoryAsContextTransformer`` at the size of ``bench_titans.py``, interleaved.
+
+Writes ``book/results/gpu/runs.json`` (the runs' summaries), one ``RUN.jsonl`` metrics file per
+run and ``book/results/gpu/speed.json``; chapter 8 plots them when they exist. ``--smoke`` runs
+everything at toy sizes on whatever device there is, in a few seconds per run, and writes under
+``--out`` (default: a temporary folder), never into the book.
+
+    python3 benchmarks/gpu_record.py                       # on the GPU machine
+    python3 benchmarks/gpu_record.py --smoke               # anywhere, to check the script
+    # titans-pytorch has no network there: pip download it here, carry the wheels, then
+    # pip install --no-index --find-links wheels titans-pytorch
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from common import RESULTS, median_seconds, next_token_loss, training_step, write_json
+from mac_minimal.model import MACConfig, MACTransformer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMON = ["--depth", "2", "--heads", "4", "--num-persistent", "4", "--lr", "3e-3", "--warmup-steps", "50",
+          "--no-progress", "--log-every", "10", "--eval-batches", "4", "--seed", "0"]
+RECALL = ["--task", "recall", "--num-values", "32", "--segment-len", "32", "--chunk-size", "32",
+          "--batch-size", "64", "--dim", "64"]
+TASKS = {   # distances in tokens: 1/2, 1, 2, 4 and ~8 segments of 32
+    "one_fact": RECALL + ["--num-facts", "1", "--seq-len", "256", "--eval-distances", "16,32,64,128,252",
+                          "--steps", "1500", "--eval-every", "250"],
+    "four_facts": RECALL + ["--num-facts", "4", "--seq-len", "272", "--eval-distances", "16,32,64,128,256",
+                            "--steps", "1500", "--eval-every", "250"],
+    "text": ["--task", "lm", "--max-bytes", "4000000", "--seq-len", "512", "--segment-len", "64",
+             "--chunk-size", "64", "--batch-size", "32", "--dim", "128", "--steps", "1500", "--eval-every", "250"],
+}
+SMOKE = {"one_fact": ["--seq-len", "32", "--segment-len", "8", "--chunk-size", "8", "--eval-distances", "4,28",
+                      "--dim", "16", "--batch-size", "4"],
+         "four_facts": ["--seq-len", "40", "--segment-len", "8", "--chunk-size", "8", "--eval-distances", "16,24",
+                        "--dim", "16", "--batch-size", "4"],
+         "text": ["--seq-len", "32", "--segment-len", "8", "--chunk-size", "8", "--max-bytes", "20000",
+                  "--dim", "16", "--batch-size", "4"]}
+MODELS = ("mac", "mac_no_memory", "full_attention")
+
+
+def with_flags(flags: list[str], extra: list[str]) -> list[str]:
+    """``flags`` with every ``--name value`` pair of ``extra`` replacing or adding to it."""
+    flags = list(flags)
+    for name, value in zip(extra[::2], extra[1::2]):
+        if name in flags:
+            flags[flags.index(name) + 1] = value
+        else:
+            flags += [name, value]
+    return flags
+
+
+def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: float) -> dict:
+    flags = with_flags(TASKS[task], SMOKE[task] + ["--steps", "6", "--eval-every", "3"]) if smoke else TASKS[task]
+    run_dir = out / "runs" / f"{model}-{task}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "mac_minimal.train", "--model", model, *COMMON, *flags, "--out", str(run_dir)]
+    print(" ".join(["python", *cmd[1:]]), flush=True)
+    start = time.perf_counter()
+    try:
+        subprocess.run(cmd, cwd=ROOT, check=True, timeout=seconds, stdout=subprocess.DEVNULL)
+        finished = True
+    except subprocess.TimeoutExpired:
+        finished = False
+    wall = time.perf_counter() - start
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shutil.copy(run_dir / "metrics.jsonl", out / f"{model}-{task}.jsonl")
+    evals = [r for r in records if r["event"] == "eval"]
+    final = evals[-1] if evals else {}
+    print(f"  {'done' if finished else 'stopped'} in {wall:.0f} s; last evaluation: "
+          f"{final.get('accuracy', final.get('bpb'))}", flush=True)
+    return {"model": model, "task": task, "command": " ".join(["python", *cmd[1:]]), "finished": finished,
+            "wall_s": round(wall, 1), "steps": max((r["step"] for r in records if "step" in r), default=0),
+            "final": final.get("accuracy", final.get("bpb")), "device": records[0].get("device")}
+
+
+def speed(device: torch.device, smoke: bool, repeats: int) -> dict:
+    """Median training-step seconds of MAC, MAC without memory and (if importable) titans-pytorch."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    try:
+        import bench_titans                              # imports titans_pytorch
+        size, titans = bench_titans.OURS_MODEL, bench_titans
+    except ImportError as error:
+        size, titans = dict(vocab_size=256, dim=64, depth=2, heads=4, segment_len=64, num_persistent=4,
+                            chunk_size=16, ffn_mult=8), None
+        print(f"titans-pytorch not importable ({error}); timing ours only", flush=True)
+    lengths = [64] if smoke else [1024, 4096]
+    rows = []
+    for seq_len in lengths:
+        tokens = torch.randint(0, 256, (2 if smoke else 8, seq_len + 1), device=device,
+                               generator=torch.Generator(device=device).manual_seed(0))
+        torch.manual_seed(0)
+        jobs = {"mac": training_step(MACTransformer(MACConfig(**size)).to(device), tokens, next_token_loss),
+                "mac_no_memory": training_step(MACTransformer(MACConfig(**size, use_memory=False)).to(device),
+                                               tokens, next_token_loss)}
+        if titans is not None:
+            model, loss_fn = titans.make_model("titans")
+            jobs["titans"] = training_step(model.to(device), tokens, loss_fn)
+        rows.append({"n": seq_len, "batch": tokens.shape[0], "step_s": median_seconds(jobs, repeats)})
+        print(f"speed n={seq_len}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in rows[-1]["step_s"].items()),
+              flush=True)
+    return {"model_config": size, "titans_pytorch": titans is not None, "rows": rows,
+            "step_s": "median seconds of a float32 training step after one warm-up, implementations interleaved"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on any device; writes under --out")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="wall seconds for everything")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="default: book/results/gpu")
+    parser.add_argument("--only", nargs="+", choices=list(TASKS), default=list(TASKS))
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        sys.exit("no CUDA device: run with --smoke to check the script on a CPU")
+    out = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gpu_record_")) if args.smoke else RESULTS / "gpu")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    speed_result = speed(device, args.smoke, repeats=3 if args.smoke else 10)
+    write_json(out / "speed.json", {**speed_result, "device": torch.cuda.get_device_name() if device.type == "cuda"
+                                    else "cpu", "torch": torch.__version__, "smoke": args.smoke})
+    jobs = [(model, task) for task in args.only for model in MODELS]
+    runs = []
+    for i, (model, task) in enumerate(jobs):
+        share = (args.budget_s - (time.perf_counter() - start)) / (len(jobs) - i)
+        runs.append(train_run(model, task, args.smoke, out, max(share, 10.0)))
+    write_json(out / "runs.json", {"runs": runs, "smoke": args.smoke, "budget_s": args.budget_s,
+                                   "total_s": round(time.perf_counter() - start, 1)})
+    shutil.rmtree(out / "runs", ignore_errors=True)                 # checkpoints stay out of the book
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,56 @@
+"""The experiment scripts of chapter 8 run end to end at toy sizes (their recorded results are in book/results)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_gpu_record_smoke_writes_speed_and_runs(tmp_path):
+    run("benchmarks/gpu_record.py", "--smoke", "--only", "one_fact", "--out", str(tmp_path))
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["smoke"] and {"mac", "mac_no_memory"} <= set(speed["rows"][0]["step_s"])
+    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    assert [r["model"] for r in runs] == ["mac", "mac_no_memory", "full_attention"]
+    for r in runs:
+        assert r["finished"] and r["steps"] == 6 and set(r["final"]) == {"4", "28"}
+        assert (tmp_path / f"{r['model']}-one_fact.jsonl").exists()
+    assert not (tmp_path / "runs").exists()                          # checkpoints are not kept
+
+
+@pytest.fixture(scope="module")
+def tiny_mac_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mac") / "run"
+    run("-m", "mac_minimal.train", "--model", "mac", "--task", "recall", "--num-facts", "1", "--seq-len", "24",
+        "--segment-len", "8", "--chunk-size", "8", "--dim", "16", "--batch-size", "4", "--steps", "2",
+        "--eval-every", "2", "--eval-distances", "4,12,20", "--device", "cpu", "--no-progress", "--out", str(out))
+    return out
+
+
+def test_what_memory_learned_on_a_tiny_run(tiny_mac_run, tmp_path):
+    out = tmp_path / "learned.json"
+    run("benchmarks/what_memory_learned.py", "--run", str(tiny_mac_run), "--eval-batches", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    layers = result["rates"]["layers"]
+    assert len(layers) == 2 and all(len(layer["theta_stream"]) == 24 for layer in layers)
+    assert all(0 < layer["theta_stream"][0] < layer["max_lr"] for layer in layers)
+    for shares in result["shares"]:                                   # per layer: distance -> shares
+        for share in shares.values():
+            assert sum(share.values()) == pytest.approx(1.0, abs=1e-5)
+    assert set(result["retrieval_error"][0]) == {"12", "20"}           # facts written before the query's segment
+    assert set(result["ablations"]) == {"none", "reset", "no_h", "no_m"}
+    metrics = [json.loads(line) for line in (tiny_mac_run / "metrics.jsonl").read_text().splitlines()]
+    final = [m for m in metrics if m["event"] == "eval"][-1]["accuracy"]
+    assert result["ablations"]["none"] == pytest.approx(final)        # the same evaluation as the trainer's
