@@ -52,8 +52,8 @@ TEXT = ["--task", "lm", "--max-bytes", "1000000", "--seq-len", "128", "--segment
 TRAINABLE = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03"]
 VARIANTS = {
     "mac": ONE_FACT + ["--model", "mac", "--memory-scale-init", "none", "--memory-max-lr", "0.1"],
-    "lr0.03": ONE_FACT + ["--model", "mac", "--memory-max-lr", "0.03"],
-    "scale0": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0"],
+    "lr0.03": ONE_FACT + ["--model", "mac", "--memory-scale-init", "none", "--memory-max-lr", "0.03"],
+    "scale0": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.1"],
     "scale0-lr0.03": ONE_FACT + TRAINABLE,
     "scale0-lr0.01": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.01"],
     "mac_no_memory": ONE_FACT + ["--model", "mac_no_memory"],

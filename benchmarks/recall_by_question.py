@@ -7,7 +7,7 @@ the stored values gets ``1/F`` of the others. Only the accuracy on the *first* q
 such a model and 1 for a model that matches keys, measures the matching.
 
 Loads the checkpoint of every run of ``mac_trainability.py`` named on the command line (default: the
-four-fact runs of the three models) and writes the accuracy per question slot, and how often the
+four-fact runs of the three models, and full attention trained three times longer) and writes the accuracy per question slot, and how often the
 answer is one of the stored values at all, to ``book/results/trainability/recall_by_question.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/recall_by_question.py
@@ -25,7 +25,7 @@ from mac_minimal.train import TrainConfig, build_model
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "trainability"
 DEFAULT = [f"four-{variant}-s{seed}" for variant in ("scale0-lr0.03", "mac_no_memory", "full_attention")
-           for seed in range(3)]
+           for seed in range(3)] + ["four-full_attention-s0-6000steps"]
 
 
 @torch.no_grad()
