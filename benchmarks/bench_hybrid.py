@@ -1,7 +1,7 @@
 """Time the sequential MM-Rec block against the hybrid one (chapter 3).
 
 Both compute the same function with the same parameters: ``MMRecBlock.forward`` runs all
-nine steps of seed 000 inside a loop over tokens; ``hybrid_forward`` loops only over the
+nine steps of the MM-Rec design inside a loop over tokens; ``hybrid_forward`` loops only over the
 core formula ``h_t = z_t * sigmoid(W_g h_{t-1}) + gamma_t * h_{t-1}`` and does the rest
 over the whole sequence (scans, a window, one batched read). Also timed: the loop of the
 core formula alone, the part that no rewriting can remove. Median seconds over repeats,

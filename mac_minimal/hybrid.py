@@ -1,4 +1,4 @@
-"""Chapter 3: the "hybrid" MM-Rec block of seed 000 -- scan what can be scanned, loop the rest.
+"""Chapter 3: the "hybrid" MM-Rec block -- scan what can be scanned, loop the rest.
 
 Seed 000's future work: "keep Associative Scan parallel, make only MDI sequential". Of
 the nine steps of an MM-Rec step (see :mod:`mac_minimal.recurrence`), only the core

@@ -140,7 +140,7 @@ class Combine(nn.Module):
     """Eq. (25): ``o = y (x) m`` with ``m = M*_t(y)``; y, m (b, c, d) -> o (b, c, d).
 
     ``"sum"``: ``y + m`` (the default); ``"gate"``: ``y * sigmoid(m)`` (the memory scales each
-    feature of the attention output); ``"mlp"``: ``W_2 gelu(W_1 [y, m])`` (seed 001's "mlp to mix memory
+    feature of the attention output); ``"mlp"``: ``W_2 gelu(W_1 [y, m])`` (the MAC design notes' "mlp to mix memory
     output back"), the only variant with parameters (3 d^2 + 2 d).
     """
 

@@ -1,6 +1,6 @@
 """Chapter 1: a memory is a state, a write rule and a read rule.
 
-The MM-Rec design notes (seed 000) keep two banks of (key, value) slots:
+The MM-Rec design keeps two banks of (key, value) slots:
 
 * the **short-term** bank holds the most recent steps exactly;
 * the **long-term** bank holds a fixed, small number of slots that fade slowly.
@@ -8,7 +8,7 @@ The MM-Rec design notes (seed 000) keep two banks of (key, value) slots:
 ``MemoryState`` is the *state* and its *write rule* (``update_state_sequential``);
 ``read_memory`` is the *read rule*: scaled dot-product attention over the slots.
 
-How steps map to slots (the seeds leave it open, so it is decided here):
+How steps map to slots (the design leaves it open, so it is decided here):
 
 * a bank with ``s`` slots stores step ``t`` in slot ``t mod s`` (a ring buffer),
   so a state can be carried across calls for as many steps as one likes;
@@ -37,7 +37,7 @@ BANKS = ("short", "long")
 class MemoryStateConfig:
     """Sizes of the two banks.
 
-    ``dim`` is the key width (``k_dim`` in seed 000), ``v_dim`` the value width.
+    ``dim`` is the key width (``k_dim`` in the MM-Rec design), ``v_dim`` the value width.
     """
 
     dim: int = 16

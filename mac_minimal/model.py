@@ -13,7 +13,7 @@ no absolute position embedding: attention never looks past its segment, so absol
 would add nothing a token can use that the segment-relative ones and the memory do not already
 give, and they would cap the length a model can stream (a learned table has a last row).
 
-Memory per layer: every block owns its neural memory (seed 001: "if we share those storage units
+Memory per layer: every block owns its neural memory (the MAC design notes: "if we share those storage units
 across layers, they might be storing information in different vector spaces").
 
 ``forward(tokens, state=None) -> (logits, state)`` is exact under any split of the input: feed the

@@ -9,7 +9,7 @@ Titans eq. (19) prepends ``N_p`` learned vectors to the sequence, ``x_new = [p_1
 
 ``"kv"`` -- :class:`PersistentKV`: ``N_p`` keys and values per head stored directly in
     *attention space* (h, N_p, head_dim) and concatenated to the keys and values AFTER rotary,
-    so they are never rotated (seed 001's "attention sinks"). Under RoPE an un-rotated key is
+    so they are never rotated (the MAC design notes' "attention sinks"). Under RoPE an un-rotated key is
     exactly a key at position 0: a query at position m scores it as ``(R_m q) . p = q . (R_{-m} p)``.
 
 :class:`PersistentAttention` is a small causal self-attention layer that uses either one, with

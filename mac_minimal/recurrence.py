@@ -1,17 +1,17 @@
-"""Chapter 2: the MM-Rec block of seed 000, one time step at a time.
+"""Chapter 2: the MM-Rec block, one time step at a time.
 
-Per step ``t`` (seed 000's list, with the choices of this book where the seed is silent):
+Per step ``t`` (the MM-Rec design's list, with the choices of this book where the design is silent):
 
 1. ``xn_t = RMSNorm(x_t)``
 2. ``q_t, k_t, v_t, z_t = xn_t W_Q, xn_t W_K, xn_t W_V, xn_t W_Z``
 3. decay ``gamma_t = sigmoid(xn_t W_gamma + b_gamma)``, in (0, 1) per feature
-4. cumulative decay product ``A_t = gamma_t * A_{t-1}`` (seed: "associative scan for
+4. cumulative decay product ``A_t = gamma_t * A_{t-1}`` (the design: "associative scan for
    the cumulative product"; here a running product, chapter 3 computes it by a scan)
 5-6. MDI and the core formula ``h_t = z_t * sigmoid(W_g h_{t-1}) + gamma_t * h_{t-1}``
 7. multi-memory attention ``m_t = W_O read(q_t, [short slots | long slots])``
    over the banks as they were *before* step ``t`` is written
 8. residual + FFN: ``u_t = x_t + h_t + m_t``, ``y_t = u_t + FFN(RMSNorm(u_t))``
-9. write step ``t``: short bank <- ``(h_t, h_t)`` (as in seed 000), long bank <- ``(k_t, v_t)``
+9. write step ``t``: short bank <- ``(h_t, h_t)`` (as in the MM-Rec design), long bank <- ``(k_t, v_t)``
 
 The code is split by what depends on ``h_{t-1}``:
 
@@ -93,7 +93,7 @@ class MMRecState:
 
 
 class MMRecBlock(nn.Module):
-    """The MM-Rec block of seed 000: a gated recurrence plus attention over two memory banks."""
+    """The MM-Rec block: a gated recurrence plus attention over two memory banks."""
 
     def __init__(self, config: MMRecConfig) -> None:
         super().__init__()
