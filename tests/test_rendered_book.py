@@ -1,0 +1,157 @@
+"""scripts/check_rendered_book.py finds each defect it knows on a planted page, and passes a clean one.
+
+The planted site is a tiny folder of HTML pages written here (no book build needed): broken.html
+carries one of each defect, clean.html the same kinds of content done right (math typeset by the
+bundled offline MathJax, an image, links, a short code block). Both are rendered in headless
+Chromium, offline, exactly as the real book is by scripts/test.sh.
+"""
+
+import base64
+import importlib.util
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("check_rendered_book",
+                                               ROOT / "scripts" / "check_rendered_book.py")
+checker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(checker)
+
+# A valid 1x1 PNG.
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
+<script>window.MathJax = {{"options": {{"processHtmlClass": "tex2jax_process|mathjax_process|math"}}}}</script>
+<script defer="defer" src="{mathjax}"></script>
+<style>article {{ width: 600px; }} pre {{ overflow: auto; }}</style>
+{extra_head}</head><body><main><article class="bd-article">"""
+TAIL = "</article></main></body></html>"
+
+CLEAN = HEAD.format(title="clean", mathjax="_static/mathjax/tex-chtml.js", extra_head="""
+<!-- the toolchain's known, harmless duplicate script (see KNOWN_SCRIPT_ERRORS) -->
+<script>const THEBE_JS_URL = "x";</script><script>const THEBE_JS_URL = "x";</script>""") + r"""
+<section id="the-scan"><h1><span class="section-number">3. </span>The associative scan</h1>
+<p>Inline <span class="math notranslate nohighlight">\(h_t = a_t h_{t-1} + b_t\)</span>, then:</p>
+<div class="math notranslate nohighlight">\[\begin{aligned} x &= 1 \\ y &= 2 \end{aligned}\]</div>
+<div class="admonition note"><p class="admonition-title">Note</p><p>A rendered note.</p></div>
+<p>TeX in code is code: <code>\(x\)</code>, <code>$$</code>.</p>
+<section id="three-steps"><h2><span class="section-number">3.1. </span>3 steps, 2 sweeps</h2>
+<pre>print("a short line")</pre>
+<div class="cell_output"><pre>a short output</pre></div>
+<img src="_images/dot.png" alt="a dot">
+<p><a href="#the-scan">up</a> <a href="broken.html#defects">the defects</a>
+<a href="https://example.org/">an outside link is fine</a> <a href="./">this folder</a></p>
+</section></section>""" + TAIL
+
+BROKEN = HEAD.format(title="broken", mathjax="_static/no-such-folder/tex-chtml.js",
+                     extra_head='<script src="https://cdn.example.org/lib.js"></script>') + r"""
+<section id="defects"><h2><span class="section-number">3. </span>3. The associative scan</h2>
+<p>Unrendered display math: \[ x^2 \]</p>
+<p>Inline: <span class="math notranslate nohighlight">\(y\)</span></p>
+<p>```{note}</p><p>An admonition that was not parsed.</p><p>```</p>
+<img src="_images/corrupt.png" alt="corrupt"> <img src="_images/missing.png" alt="missing">
+<div class="highlight"><pre>x = 1""" + " + 1" * 150 + r"""</pre></div>
+<div class="cell_output"><pre>""" + "0123456789" * 100 + r"""</pre></div>
+<p><a href="missing.html">gone</a> <a href="clean.html#no-such-anchor">bad anchor</a>
+<a href="#nowhere">bad local anchor</a></p>
+<script>this_function_does_not_exist();</script>
+</section>""" + TAIL
+
+# (kind, a piece of its detail) for each defect planted in broken.html.
+PLANTED = [
+    ("raw-tex", r"\[ x^2 \]"),
+    ("raw-tex", r"\(y\)"),
+    ("math-not-typeset", "MathJax did not load"),
+    ("math-not-typeset", r"'\(y\)'"),
+    ("fence-as-text", "```{note}"),
+    ("fence-as-text", "'```'"),
+    ("image-not-loaded", "corrupt.png"),
+    ("image-not-loaded", "missing.png"),
+    ("too-wide", "code block"),
+    ("too-wide", "output block"),
+    ("doubled-number", "3. 3. The associative scan"),
+    ("broken-link", "missing.html"),
+    ("broken-link", "missing.png"),
+    ("broken-link", "no-such-folder/tex-chtml.js"),
+    ("broken-link", "no anchor #no-such-anchor in clean.html"),
+    ("broken-link", "no anchor #nowhere in broken.html"),
+    ("needs-network", "https://cdn.example.org/lib.js"),
+    ("script-error", "this_function_does_not_exist"),
+]
+
+
+def _mathjax_dir() -> pathlib.Path:
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    assert spec is not None, "sphinx-mathjax-offline is not installed: pip install -r requirements.txt"
+    return pathlib.Path(spec.origin).parent / "static" / "mathjax"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Check the planted site once; return its defects grouped by page."""
+    try:
+        chromium = checker.find_chromium()
+    except checker.ChromiumMissing as e:
+        pytest.fail(str(e))
+    site = tmp_path_factory.mktemp("planted-site")
+    (site / "_static").mkdir()
+    (site / "_static" / "mathjax").symlink_to(_mathjax_dir(), target_is_directory=True)
+    (site / "_images").mkdir()
+    (site / "_images" / "dot.png").write_bytes(PNG)
+    (site / "_images" / "corrupt.png").write_bytes(b"this is not a PNG")
+    (site / "clean.html").write_text(CLEAN, encoding="utf-8")
+    (site / "broken.html").write_text(BROKEN, encoding="utf-8")
+    (site / "index.html").write_text('<a href="clean.html">clean</a>', encoding="utf-8")
+    shots_dir = tmp_path_factory.mktemp("screenshots")
+    defects, shots = checker.check_site(site, chromium, screenshots_dir=shots_dir,
+                                        screenshot_pages=("clean",), log=lambda *_: None)
+    by_page = {}
+    for d in defects:
+        by_page.setdefault(d.page, []).append(d)
+    return by_page, shots
+
+
+def test_clean_page_passes(planted):
+    by_page, _ = planted
+    assert by_page.get("clean.html", []) == [], "\n".join(map(str, by_page["clean.html"]))
+    assert by_page.get("index.html", []) == []
+
+
+@pytest.mark.parametrize("kind, detail", PLANTED, ids=[f"{k}:{d}" for k, d in PLANTED])
+def test_planted_defect_is_reported(planted, kind, detail):
+    by_page, _ = planted
+    found = by_page.get("broken.html", [])
+    assert any(d.kind == kind and detail in d.detail for d in found), (
+        f"planted {kind} ({detail!r}) not reported; the checker found:\n" + "\n".join(map(str, found)))
+
+
+def test_nothing_else_is_reported_on_the_planted_page(planted):
+    by_page, _ = planted
+    unexpected = [d for d in by_page.get("broken.html", [])
+                  if not any(d.kind == k and det in d.detail for k, det in PLANTED)]
+    assert unexpected == [], "\n".join(map(str, unexpected))
+
+
+def test_screenshot_is_saved(planted):
+    _, shots = planted
+    assert [p.name for p in shots] == ["clean.png"]
+    assert shots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_chromium_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CHROMIUM", str(tmp_path / "no-such-chromium"))
+    with pytest.raises(checker.ChromiumMissing, match="apt-get install -y chromium"):
+        checker.find_chromium()
+    monkeypatch.delenv("CHROMIUM")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(checker.ChromiumMissing, match="apt-get install -y chromium"):
+        checker.find_chromium()
+    assert checker.main([str(tmp_path)]) == 2
+    assert "apt-get install -y chromium" in capsys.readouterr().err
+
+
+def test_missing_build_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="jupyter-book build"):
+        checker.check_site(tmp_path, chromium=os.devnull)
