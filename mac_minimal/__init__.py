@@ -20,6 +20,7 @@ Each module backs one chapter of the book in ``book/``:
  8      ``data``                 long-range recall and standard-library text
  8      ``train``                the trainer: ``python -m mac_minimal.train --help``
  -      ``notebook``             ``setup_notebook()``: determinism for nbval
+ -      ``diagrams``             pictures of the machine, drawn from code (chapters 2, 6, 7)
  -      ``checks``               the shared "positive int" input check
 =====  =======================  ==================================================
 
