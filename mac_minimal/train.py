@@ -49,13 +49,14 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -76,8 +77,9 @@ __all__ = ["TrainConfig", "MODELS", "NonFiniteLossError", "CheckpointError", "pa
 
 EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
 TASKS = ("recall", "lm")
-EXIT_NONFINITE = 3
+EXIT_BAD_ARGUMENTS = 2      # argparse's own status for a bad command line
 EXIT_BAD_CHECKPOINT = 2
+EXIT_NONFINITE = 3
 
 
 class NonFiniteLossError(RuntimeError):
@@ -132,10 +134,24 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
+        if self.data is not None and not os.path.isfile(self.data):
+            raise ValueError(f"--data must be a readable text file, got {self.data!r} (no such file)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values",
                      "num_keys"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _require_range("lr", self.lr, low=0.0)
+        _require_range("memory_max_lr", self.memory_max_lr, low=0.0)
+        _require_range("grad_clip", self.grad_clip, low=0.0)
+        _require_range("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
+        _require_range("weight_decay", self.weight_decay, low=0.0, closed=True)
+        if self.memory_scale_init is not None:
+            _require_range("memory_scale_init", self.memory_scale_init)
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, segment_len, chunk_size, ...
         if self.task == "recall":
             if self.num_facts > self.num_keys:
                 raise ValueError(f"num_facts={self.num_facts} needs as many distinct keys, got num_keys={self.num_keys}")
@@ -158,6 +174,17 @@ class TrainConfig:
     @property
     def metrics_path(self) -> Path:
         return Path(self.out) / "metrics.jsonl"
+
+
+def _require_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                   closed: bool = False) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is finite and above ``low`` (at least ``low``
+    if ``closed``) and at most ``high``."""
+    too_low = low is not None and (value < low if closed else value <= low)
+    if not math.isfinite(value) or too_low or (high is not None and value > high):
+        bound = "any finite number" if low is None else (
+            f"{'>=' if closed else '>'} {low:g}" + ("" if high is None else f" and <= {high:g}"))
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,10 +270,26 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_ARGUMENTS, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _as_flag(message: str) -> str:
+    """Name the command-line flag in a config error: ``"lr must be > 0"`` -> ``"--lr must be > 0"``,
+    ``"MACAttentionConfig.segment_len must ..."`` -> ``"--segment-len must ..."``."""
+    match = re.match(r"(?:\w+Config\.)?(\w+)(\s+must\b.*)", message, re.S)
+    if match and match[1] in {f.name for f in fields(TrainConfig)}:
+        return "--" + match[1].replace("_", "-") + match[2]
+    return message
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse the command line into a :class:`TrainConfig`."""
+    """Parse the command line into a :class:`TrainConfig`; a bad argument exits with one line, status 2."""
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m mac_minimal.train",
         description="Train MAC, MAC without memory, or a full-attention transformer on long-range "
                     "recall or byte-level language modelling. CPU or GPU; under torchrun, multi-GPU (DDP).",
@@ -298,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
     except ValueError as error:
-        p.error(str(error))  # exits with status 2 and the usage line
+        p.error(_as_flag(str(error)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,6 +578,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
+CHECKPOINT_KEYS = frozenset({"step", "model_name", "model_config", "train_config", "model", "optimizer",
+                             "scheduler", "rng"})
+
+
 def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check it holds ``model_name`` with ``config``.
 
@@ -542,7 +589,15 @@ def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     """
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # truncated file, not a torch file, or one with objects we will not unpickle
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
+                              "nothing was overwritten") from None
+    missing = CHECKPOINT_KEYS - set(payload) if isinstance(payload, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer (missing {sorted(missing)}); "
+                              "nothing was overwritten")
     requested = asdict(config)
     if payload["model_name"] != model_name:
         raise CheckpointError(f"checkpoint {path} holds model {payload['model_name']!r}, "
@@ -749,6 +804,10 @@ def _train(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad checkpoint, 3 non-finite loss)."""
     cfg = parse_args(argv)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda was requested, but torch.cuda.is_available() is False on this machine "
+              "(use --device cpu or auto)", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
     try:
         train(cfg)
     except CheckpointError as error:

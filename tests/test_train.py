@@ -285,12 +285,53 @@ def test_bad_arguments_are_rejected(capsys):
         parse_args(["--model", "rnn"])
     with pytest.raises(SystemExit):
         parse_args(["--seq-len", "32", "--num-facts", "2", "--eval-distances", "8,30"])
-    assert "eval_distances must lie in [8, 25]" in capsys.readouterr().err
+    assert "--eval-distances must lie in [8, 25]" in capsys.readouterr().err
     assert parse_args(["--model", "full_attention"]).out == os.path.join("runs", "full_attention-recall")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch.cuda.is_available"):
             setup_runtime("cuda")
     assert setup_runtime("cpu").device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("args, flag, expected", [
+    (["--lr", "-1"], "--lr", "> 0"), (["--lr", "nan"], "--lr", "> 0"),
+    (["--segment-len", "0"], "--segment-len", ">= 1"), (["--chunk-size", "0"], "--chunk-size", ">= 1"),
+    (["--memory-max-lr", "0"], "--memory-max-lr", "> 0"), (["--grad-clip", "0"], "--grad-clip", "> 0"),
+    (["--min-lr-ratio", "2"], "--min-lr-ratio", "<= 1"), (["--warmup-steps", "-1"], "--warmup-steps", ">= 0"),
+    (["--weight-decay", "-1"], "--weight-decay", ">= 0"), (["--memory-scale-init", "inf"], "--memory-scale-init",
+                                                               "finite"),
+    (["--task", "lm", "--data", "/nonexistent/notes.txt"], "--data", "no such file"),
+    (["--dim", "30"], "dim / heads", "even"), (["--steps", "0"], "--steps", ">= 1")])
+def test_every_bad_argument_gets_one_line_and_status_2(capsys, args, flag, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert flag in err and expected in err and args[-1].split("/")[-1] in err     # names what was given
+
+
+def test_cuda_without_cuda_is_a_one_line_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["--device", "cuda", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda" in err and "--device cpu" in err
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_corrupt_or_foreign_checkpoint_is_reported_and_kept(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / "checkpoint.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)                 # a torch file, but not ours
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    assert main(["--out", str(out), "--resume", "--no-progress", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "nothing was overwritten" in err and err.count("\n") == 1
+    assert path.read_bytes() == before and not (out / "metrics.jsonl").exists()
 
 
 # --- the command line, as a user runs it ------------------------------------------------------
