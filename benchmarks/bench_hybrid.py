@@ -11,7 +11,6 @@ methods timed round-robin, float32 on CPU. Writes ``book/results/hybrid_benchmar
 """
 
 import argparse
-import json
 import pathlib
 import platform
 import statistics
@@ -20,6 +19,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from common import write_json
 from mac_minimal.hybrid import hybrid_forward
 from mac_minimal.recurrence import MMRecBlock, MMRecConfig
 
@@ -99,9 +99,7 @@ def main() -> None:
         "batch": args.batch, "config": vars(config), "total_seconds": time.perf_counter() - start,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out} in {result['total_seconds']:.0f} s")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ load average. Writes ``book/results/scan_benchmark.json``.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -27,6 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from common import write_json
 from mac_minimal.scan import associative_scan, chunked_scan, scan_sequential
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "scan_benchmark.json"
@@ -159,9 +159,7 @@ def main() -> None:
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out} in {result['total_seconds']:.0f} s")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ from titans_pytorch import MemoryAsContextTransformer, MemoryMLP  # noqa: E402
 from titans_pytorch import NeuralMemory as TitansNeuralMemory  # noqa: E402
 
 from common import (RESULTS, environment, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
-                    training_step, write_json)
+                    training_step, save_results)
 from mac_minimal.model import MACConfig, MACTransformer  # noqa: E402
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig  # noqa: E402
 
@@ -260,10 +260,7 @@ def main() -> None:
             "rows": model_rows},
         "total_seconds": time.perf_counter() - start,
     }
-    out = args.out if args.out is not None else (None if args.smoke else OUT)
-    if out is not None:
-        write_json(out, payload)
-    print(f"done in {payload['total_seconds']:.0f} s")
+    save_results(payload, args.out, OUT, args.smoke)
 
 
 if __name__ == "__main__":

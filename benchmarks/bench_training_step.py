@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from common import RESULTS, environment, median_seconds, step_memory_bytes, training_step, write_json
+from common import RESULTS, environment, median_seconds, step_memory_bytes, training_step, save_results
 from mac_minimal.model import MACConfig, MACTransformer
 
 OUT = RESULTS / "training_step_benchmark.json"
@@ -141,10 +141,7 @@ def main() -> None:
                            "step_s": "one step after a warm-up step", "rows": scaling_rows},
         "total_seconds": time.perf_counter() - start,
     }
-    out = args.out if args.out is not None else (None if args.smoke else OUT)
-    if out is not None:
-        write_json(out, payload)
-    print(f"done in {payload['total_seconds']:.0f} s")
+    save_results(payload, args.out, OUT, args.smoke)
 
 
 if __name__ == "__main__":

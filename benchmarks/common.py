@@ -133,3 +133,12 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {path}", flush=True)
+
+
+def save_results(payload: dict, out: pathlib.Path | None, default: pathlib.Path, smoke: bool) -> None:
+    """Write ``payload`` to ``out``, or to ``default`` unless this is a ``--smoke`` run (which writes
+    only where it is told), and say how long the run took (``payload["total_seconds"]``)."""
+    out = out if out is not None else (None if smoke else default)
+    if out is not None:
+        write_json(out, payload)
+    print(f"done in {payload['total_seconds']:.0f} s")

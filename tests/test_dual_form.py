@@ -23,7 +23,6 @@ from mac_minimal.neural_memory import (
     NeuralMemoryConfig,
     NeuralMemoryState,
     clip_gradients,
-    flatten_weights,
     token_gradients,
 )
 from mac_minimal.scan import associative_scan, scan_sequential

@@ -227,7 +227,7 @@ def test_shift_moves_queries_away_from_persistent_keys_at_fixed_positions(mode):
     sequence by s is the same as leaving it and rotating the persistent keys by -s."""
     layer = make_layer(mode)
     x = torch.randn(2, 6, 16, dtype=DT)
-    num_p, e = 3, layer.config.head_dim
+    num_p = 3
     q0, k0, v0 = layer.qkv(x)
     for s in (1, 50, 3000):
         qs, ks, vs = layer.qkv(x, torch.arange(6) + s)
