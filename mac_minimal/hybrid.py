@@ -104,9 +104,8 @@ def hybrid_forward(block: MMRecBlock, x: Tensor, state: MMRecState | None = None
     flat = [rearrange(t, "b n d -> (b n) d") for t in (x, p.q, h)]
     y = block.readout(*flat, rearrange(keys, "b n s d -> (b n) s d"), rearrange(values, "b n s d -> (b n) s d"))
 
-    memory = state.memory.copy()
-    memory.banks = {"short": (short_k[:, n], short_v[:, n]), "long": (long[:, n, :, 0], long[:, n, :, 1])}
-    memory.num_writes = {name: count + n for name, count in state.memory.num_writes.items()}
+    memory = state.memory.with_banks({"short": (short_k[:, n], short_v[:, n]),
+                                      "long": (long[:, n, :, 0], long[:, n, :, 1])}, steps=n)
     final = MMRecState(h=h[:, -1], decay=decay[:, -1], memory=memory, step=step + n)
     return rearrange(y, "(b n) d -> b n d", b=b), final
 

@@ -114,6 +114,12 @@ class MACAttentionState(NamedTuple):
     keys: Tensor
     values: Tensor
 
+    @classmethod
+    def at_segment_start(cls, memory: NeuralMemoryState | None, empty: Tensor) -> "MACAttentionState":
+        """The state at a segment start: ``memory`` before and after, every cache ``empty`` (b, h, 0, e)."""
+        return cls(memory_before=memory, memory=memory, retrieved_keys=empty, retrieved_values=empty,
+                   keys=empty, values=empty)
+
     @property
     def filled(self) -> int:
         """f: tokens of the current segment already seen."""
@@ -198,7 +204,7 @@ class MACAttention(nn.Module):
         w = self.to_q.weight
         empty = w.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
         memory = self.memory.init_state(batch_size) if self.memory is not None else None
-        return MACAttentionState(memory, memory, empty, empty, empty, empty)
+        return MACAttentionState.at_segment_start(memory, empty)
 
     def _prepare(self, x: Tensor, state: MACAttentionState | None) -> MACAttentionState:
         """Check x (b, c, d) against the config and the state; a fresh state if None."""
@@ -287,5 +293,5 @@ class MACAttention(nn.Module):
             state = state._replace(memory=memory)
         if state.filled == self.config.segment_len:                      # segment done: roll over
             empty = state.keys.new_zeros(x.shape[0], self.config.heads, 0, self.config.head_dim)
-            state = MACAttentionState(state.memory, state.memory, empty, empty, empty, empty)
+            state = MACAttentionState.at_segment_start(state.memory, empty)
         return o, state

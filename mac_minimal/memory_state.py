@@ -215,6 +215,24 @@ class MemoryState:
         new.num_writes = dict(self.num_writes)
         return new
 
+    def with_banks(self, banks: dict[str, tuple[Tensor, Tensor]], steps: int) -> "MemoryState":
+        """A copy whose banks are ``banks`` after ``steps`` more writes to each: the bulk write of
+        chapter 3's hybrid block, which computes the slots of many steps at once (by a scan).
+
+        ``banks`` maps "short" and "long" to (keys, values) of the same shapes as now.
+        """
+        if set(banks) != set(BANKS):
+            raise ValueError(f"banks must have the keys {BANKS}, got {sorted(banks)}")
+        for name, (keys, values) in banks.items():
+            old_keys, old_values = self.banks[name]
+            if keys.shape != old_keys.shape or values.shape != old_values.shape:
+                raise ValueError(f"bank {name!r} must keep its shapes {tuple(old_keys.shape)}, "
+                                 f"{tuple(old_values.shape)}, got {tuple(keys.shape)}, {tuple(values.shape)}")
+        new = self.copy()
+        new.banks = dict(banks)
+        new.num_writes = {name: count + steps for name, count in self.num_writes.items()}
+        return new
+
     def _as_batched(self, t: Tensor, width: int, name: str) -> Tensor:
         """``(c, width)`` -> ``(b, c, width)`` by broadcasting; check ``(b, c, width)`` and the dtype."""
         if t.dtype != self.dtype:

@@ -156,3 +156,15 @@ def test_bad_config_is_a_value_error():
         MemoryStateConfig(long_write_rate=0.0)
     with pytest.raises(ValueError, match="num_short_slots must be an int >= 1, got 0"):
         MemoryStateConfig(num_short_slots=0)
+
+
+def test_with_banks_is_a_bulk_write_that_checks_shapes():
+    state = MemoryState(MemoryStateConfig(dim=4, num_short_slots=3, num_long_slots=2), batch_size=2)
+    banks = {name: (k + 1.0, v + 2.0) for name, (k, v) in state.banks.items()}
+    new = state.with_banks(banks, steps=5)
+    assert new.num_writes == {"short": 5, "long": 5} and state.num_writes == {"short": 0, "long": 0}
+    assert torch.equal(new.get_bank("long")[0], state.get_bank("long")[0] + 1.0)
+    with pytest.raises(ValueError, match="must keep its shapes"):
+        state.with_banks({**banks, "short": (banks["short"][0][:, :2], banks["short"][1])}, steps=1)
+    with pytest.raises(ValueError, match="must have the keys"):
+        state.with_banks({"short": banks["short"]}, steps=1)
