@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mac_minimal.checks import require_rotary_heads
 from mac_minimal.rotary import apply_rotary
 
 __all__ = ["FullAttentionConfig", "causal_attention", "FullAttentionTransformer"]
@@ -59,9 +60,8 @@ class FullAttentionConfig:
             raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.positions == "rotary" and (self.dim // self.heads) % 2 != 0:
-            raise ValueError("rotary positions need an even head dim dim / heads, got "
-                             f"dim={self.dim}, heads={self.heads}")
+        if self.positions == "rotary":
+            require_rotary_heads(self.dim, self.heads)
 
     @property
     def hidden(self) -> int:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
 from mac_minimal.persistent import PersistentKV, causal_mask_with_prefix
 from mac_minimal.rotary import apply_rotary
-from mac_minimal.checks import require_positive_int
+from mac_minimal.checks import require_positive_int, require_rotary_heads
 
 __all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention", "mac_mask"]
 
@@ -80,8 +80,7 @@ class MACAttentionConfig:
             require_positive_int(f"MACAttentionConfig.{name}", getattr(self, name))
         if self.num_persistent < 0:
             raise ValueError(f"MACAttentionConfig.num_persistent must be >= 0, got {self.num_persistent}")
-        if self.dim % self.heads != 0 or (self.dim // self.heads) % 2 != 0:
-            raise ValueError(f"dim / heads must be an even integer (rotary), got dim={self.dim}, heads={self.heads}")
+        require_rotary_heads(self.dim, self.heads)
         if self.combine not in COMBINES:
             raise ValueError(f"MACAttentionConfig.combine must be one of {COMBINES}, got {self.combine!r}")
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from mac_minimal.checks import require_rotary_heads
 from mac_minimal.rotary import RotaryEmbedding
 
 __all__ = [
@@ -77,9 +78,7 @@ class PersistentAttentionConfig(PersistentMemoryConfig):
         super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"rotary needs an even head_dim = dim / heads, got "
-                             f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}")
+        require_rotary_heads(self.dim, self.heads)
 
 
 def causal_mask_with_prefix(n_queries: int, n_prefix: int, n_keys: int | None = None,

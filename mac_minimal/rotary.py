@@ -23,15 +23,19 @@ from torch import Tensor, nn
 __all__ = ["rotary_angles", "apply_rotary", "RotaryEmbedding"]
 
 
+def _check_rotary(head_dim: int, base: float) -> None:
+    if head_dim < 2 or head_dim % 2 != 0:
+        raise ValueError(f"rotary needs an even head_dim >= 2, got head_dim={head_dim}")
+    if base <= 1.0:
+        raise ValueError(f"rotary base must be > 1, got base={base}")
+
+
 def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
     """Angles ``m * theta_i`` of shape (n, head_dim / 2), computed in float64.
 
     positions: integer tensor (n,). ``theta_i = base ** (-2i / head_dim)``, i = 0 .. head_dim/2 - 1.
     """
-    if head_dim < 2 or head_dim % 2 != 0:
-        raise ValueError(f"rotary needs an even head_dim >= 2, got head_dim={head_dim}")
-    if base <= 1.0:
-        raise ValueError(f"rotary base must be > 1, got base={base}")
+    _check_rotary(head_dim, base)
     if not isinstance(positions, Tensor) or positions.dim() != 1:
         raise ValueError("positions must be a 1-D integer tensor of shape (n,), got "
                          f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
@@ -72,10 +76,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        if head_dim < 2 or head_dim % 2 != 0:
-            raise ValueError(f"rotary needs an even head_dim >= 2, got head_dim={head_dim}")
-        if base <= 1.0:
-            raise ValueError(f"rotary base must be > 1, got base={base}")
+        _check_rotary(head_dim, base)
         self.head_dim = head_dim
         self.base = base
 

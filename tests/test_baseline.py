@@ -66,7 +66,7 @@ def test_mlp_hidden_sets_the_mlp_width():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(dim=30, heads=4), "divisible by heads"),
-    (dict(dim=12, heads=4), "even head dim"),
+    (dict(dim=12, heads=4), r"even integer \(rotary\), got dim=12, heads=4"),
     (dict(positions="alibi"), "positions must be one of"),
     (dict(depth=0), "depth must be >= 1"),
     (dict(mlp_hidden=-1), "mlp_hidden must be >= 0"),

@@ -126,7 +126,7 @@ def test_config_errors():
         PersistentMemoryConfig(dim=10, heads=4)
     with pytest.raises(ValueError, match="num_persistent must be >= 0"):
         PersistentMemoryConfig(num_persistent=-1)
-    with pytest.raises(ValueError, match="even head_dim"):
+    with pytest.raises(ValueError, match=r"even integer \(rotary\), got dim=12, heads=4"):
         PersistentAttentionConfig(dim=12, heads=4)
     with pytest.raises(ValueError, match="mode must be one of"):
         PersistentAttentionConfig(mode="prefix")
