@@ -1,8 +1,9 @@
 """The Titans neural long-term memory: an MLP written at test time by gradient descent.
 
-Behrouz, Zhong, Mirrokni 2024 (arXiv 2501.00663 v1). The memory is a small MLP
+Behrouz, Zhong, Mirrokni 2024 (arXiv 2501.00663 v1). The paper asks for an MLP of L_M >= 1 layers;
+this book's memory is the two-layer residual MLP
 
-    M(x) = x + LN(W1 gelu(W2 x))          (the paper's implementation notes)
+    M(x) = x + LN(W1 gelu(W2 x))          (TTT-MLP's form, Sun et al. 2024; titans-pytorch's default)
 
 whose weights are *fast weights*: they change while the model reads its input.
 Writing a token ``x_t`` is one step of gradient descent with momentum and decay
@@ -55,7 +56,7 @@ class NeuralMemoryConfig:
 
     dim: model width d (keys, values, queries and the MLP's input/output).
     chunk_size: c, tokens whose gradients are taken at the same weights (eq. 16).
-    expansion: hidden width of the MLP is ``expansion * dim`` (paper: 4).
+    expansion: hidden width of the MLP is ``expansion * dim`` (4, as in TTT-MLP and titans-pytorch).
     max_lr: the step size ``theta_t`` lies in (0, max_lr).
     grad_clip: bound on the norm of each token's gradient (all fast weights together).
     ln_eps: epsilon of the layer norm inside the MLP.
