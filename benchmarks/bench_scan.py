@@ -27,7 +27,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from common import write_json
-from mac_minimal.scan import associative_scan, chunked_scan, scan_sequential
+from mac_minimal.scan import scan_sequential
+from mac_minimal.scan_kernel import associative_scan, chunked_scan
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "scan_benchmark.json"
 

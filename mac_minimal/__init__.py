@@ -7,7 +7,8 @@ Each module backs one chapter of the book in ``book/``:
 =====  =======================  ==================================================
  1      ``memory_state``         a memory = state + write rule + read rule
  2      ``recurrence``           the MM-Rec block, one step at a time
- 3      ``scan``                 linear recurrences as an associative scan
+ 3      ``scan``                 linear recurrences as an associative scan, readably
+ 3      ``scan_kernel``          the same scan tuned: in place, Blelloch, a scan for backward
  3      ``hybrid``               MM-Rec with everything scannable taken out of the loop
  4      ``neural_memory``        an MLP written by gradient descent at test time
  4      ``dual_form``            the same write-and-read without per-token weights

@@ -10,7 +10,7 @@ so only it stays a loop. Everything else runs over the whole sequence at once:
 
 * projections ``q, k, v, z, gamma`` (``MMRecBlock.project``);
 * the cumulative decay ``A_t = gamma_t A_{t-1}``: a linear recurrence, by
-  :func:`mac_minimal.scan.associative_scan`;
+  :func:`mac_minimal.scan_kernel.associative_scan`;
 * the long-term bank: slot ``t mod s`` is written ``(1 - r) slot + r k_t``, a linear
   recurrence along every ``s``-th step, so one scan over ``(b, n / s, s, 2, d)``;
 * the short-term bank: step ``t`` reads the last ``s`` values of ``h`` (a window, by
@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor
 
 from mac_minimal.recurrence import MMRecBlock, MMRecState
-from mac_minimal.scan import associative_scan
+from mac_minimal.scan_kernel import associative_scan
 
 
 def _bank_reads(history: Tensor, step: int, n: int, slots: int) -> Tensor:

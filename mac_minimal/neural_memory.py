@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from mac_minimal.dual_form import dual_chunk
-from mac_minimal.scan import associative_scan
+from mac_minimal.scan_kernel import associative_scan
 from mac_minimal.checks import require_positive_int
 
 Weights = tuple[Tensor, ...]

@@ -25,7 +25,8 @@ from mac_minimal.neural_memory import (
     clip_gradients,
     token_gradients,
 )
-from mac_minimal.scan import associative_scan, scan_sequential
+from mac_minimal.scan import scan_sequential
+from mac_minimal.scan_kernel import associative_scan
 
 DIM = 6
 

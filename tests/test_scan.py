@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mac_minimal.scan import associative_scan, chunked_scan, default_leaf_size, scan_sequential
+from mac_minimal.scan import combine, scan_doubling, scan_sequential
+from mac_minimal.scan_kernel import associative_scan, chunked_scan, default_leaf_size
 
 FAST = {
     "associative": associative_scan,
@@ -12,6 +13,7 @@ FAST = {
     "associative_leaf3": lambda a, b, h0=None: associative_scan(a, b, h0, leaf_size=3),
     "chunked": chunked_scan,
     "chunked_c3": lambda a, b, h0=None: chunked_scan(a, b, h0, chunk_size=3),
+    "doubling": scan_doubling,                                  # the readable Hillis-Steele version
 }
 LENGTHS = [1, 2, 3, 5, 8, 13, 16, 33, 100]
 
@@ -34,6 +36,16 @@ def test_sequential_matches_hand_loop():
         expect.append(h)
     torch.testing.assert_close(scan_sequential(a, b, h0), torch.stack(expect, 1))
     torch.testing.assert_close(scan_sequential(a, b)[:, 0], b[:, 0])  # h0 defaults to zeros
+
+
+def test_combine_is_associative_and_composes_steps():
+    g = torch.Generator().manual_seed(3)
+    x, y, z = [tuple(torch.randn(4, dtype=torch.float64, generator=g) for _ in range(2)) for _ in range(3)]
+    for left, right in zip(combine(combine(x, y), z), combine(x, combine(y, z))):
+        torch.testing.assert_close(left, right)
+    h = torch.randn(4, dtype=torch.float64, generator=g)
+    a, b = combine(x, y)
+    torch.testing.assert_close(a * h + b, y[0] * (x[0] * h + x[1]) + y[1])
 
 
 @pytest.mark.parametrize("name", FAST)
