@@ -35,14 +35,14 @@ OUT = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "combin
 OUT_AS_WRITTEN = OUT.with_name("combine_experiment_as_written.json")
 
 
-def recall_batch(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+def aba_batch(batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """(b, 3 * SEGMENT) int64 sequences ``A | F | A``."""
     a = torch.randint(0, VOCAB, (batch_size, SEGMENT), generator=generator)
     filler = torch.randint(0, VOCAB, (batch_size, SEGMENT), generator=generator)
     return torch.cat((a, filler, a), dim=1)
 
 
-def recall_loss(model: MACTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def aba_loss(model: MACTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy of predicting ``A[i+1]`` from ``A[0..i]`` in the third segment."""
     logits, _ = model(x[:, :-1])
     logits, target = logits[:, 2 * SEGMENT:], x[:, 2 * SEGMENT + 1:]   # (b, 7, V), (b, 7)
@@ -54,7 +54,7 @@ def recall_loss(model: MACTransformer, x: torch.Tensor) -> tuple[torch.Tensor, t
 AS_WRITTEN = {"memory_scale_init": None, "memory_max_lr": 0.1}
 
 
-def train(combine: str, use_memory: bool, seed: int, steps: int, every: int, as_written: bool) -> dict:
+def train_variant(combine: str, use_memory: bool, seed: int, steps: int, every: int, as_written: bool) -> dict:
     torch.manual_seed(seed)
     config = MACConfig(vocab_size=VOCAB, dim=32, depth=1, heads=4, segment_len=SEGMENT, num_persistent=4,
                        chunk_size=4, combine=combine, use_memory=use_memory, **(AS_WRITTEN if as_written else {}))
@@ -64,7 +64,7 @@ def train(combine: str, use_memory: bool, seed: int, steps: int, every: int, as_
     curve = []
     start = time.perf_counter()
     for step in range(steps):
-        loss, _ = recall_loss(model, recall_batch(32, data))
+        loss, _ = aba_loss(model, aba_batch(32, data))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -72,7 +72,7 @@ def train(combine: str, use_memory: bool, seed: int, steps: int, every: int, as_
             curve.append([step, round(loss.item(), 4)])
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        loss, accuracy = recall_loss(model, recall_batch(512, torch.Generator().manual_seed(7)))
+        loss, accuracy = aba_loss(model, aba_batch(512, torch.Generator().manual_seed(7)))
     return {"combine": combine, "use_memory": use_memory, "seed": seed, "config": dataclasses.asdict(config),
             "curve": curve,
             "eval_loss": round(loss.item(), 4), "eval_accuracy": round(accuracy.item(), 4),
@@ -92,7 +92,7 @@ def main() -> None:
     runs = []
     for combine, use_memory in variants:
         for seed in range(args.seeds):
-            runs.append(train(combine, use_memory, seed, args.steps, args.every, args.as_written))
+            runs.append(train_variant(combine, use_memory, seed, args.steps, args.every, args.as_written))
             print(runs[-1]["combine"], use_memory, seed, runs[-1]["eval_loss"], runs[-1]["eval_accuracy"],
                   runs[-1]["train_seconds"], flush=True)
     out = OUT_AS_WRITTEN if args.as_written else OUT

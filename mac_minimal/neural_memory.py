@@ -14,7 +14,7 @@ on the associative loss of eq. (12):
     S_t = eta_t S_{t-1} - theta_t grad l(M_{t-1}; x_t)           (10, 14)
     M_t = (1 - alpha_t) M_{t-1} + S_t                              (13)
 
-with each token's gradient clipped to norm ``grad_clip`` (a choice of this book, see
+with each token's gradient clipped to norm ``grad_bound`` (a choice of this book, see
 chapter 4: it keeps long streams finite),
 and reading is a forward pass with no update, ``y_t = M*(q_t)`` (15). The rates
 ``theta_t`` (step size), ``eta_t`` (momentum) and ``alpha_t`` (forgetting) are
@@ -58,7 +58,7 @@ class NeuralMemoryConfig:
     chunk_size: c, tokens whose gradients are taken at the same weights (eq. 16).
     expansion: hidden width of the MLP is ``expansion * dim`` (4, as in TTT-MLP and titans-pytorch).
     max_lr: the step size ``theta_t`` lies in (0, max_lr).
-    grad_clip: bound on the norm of each token's gradient (all fast weights together).
+    grad_bound: bound on the norm of each token's gradient (all fast weights together).
     ln_eps: epsilon of the layer norm inside the MLP.
     """
 
@@ -66,13 +66,13 @@ class NeuralMemoryConfig:
     chunk_size: int = 4
     expansion: int = 4
     max_lr: float = 0.1
-    grad_clip: float = 1.0
+    grad_bound: float = 1.0
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("dim", "chunk_size", "expansion"):
             require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
-        for name in ("max_lr", "grad_clip", "ln_eps"):
+        for name in ("max_lr", "grad_bound", "ln_eps"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"NeuralMemoryConfig.{name} must be > 0, got {value!r}")
@@ -294,7 +294,7 @@ class NeuralMemory(nn.Module):
         outputs = []
         for k_c, v_c, theta_c, eta_c, alpha_c, q_c in pieces:
             weights, momentum, y = dual_chunk(weights, momentum, chunk_weights, k_c, v_c, theta_c, eta_c,
-                                              alpha_c, q_c, cfg.grad_clip, cfg.ln_eps)
+                                              alpha_c, q_c, cfg.grad_bound, cfg.ln_eps)
             outputs.append(y)
             offset = (offset + k_c.shape[1]) % cfg.chunk_size
             if offset == 0:  # a new chunk starts at the weights just reached
@@ -320,12 +320,12 @@ class NeuralMemory(nn.Module):
         while start < n:
             end = min(n, start + cfg.chunk_size - offset)  # stop at the next absolute chunk boundary
             grads = token_gradients(chunk_weights, k[:, start:end], v[:, start:end], cfg.ln_eps)
-            grads = clip_gradients((flatten_weights(grads, 2),), cfg.grad_clip, lead_dims=2)[0]  # (b, c, P)
-            th, et, al = (r[:, start:end, None] for r in (theta, eta, alpha))  # (b, c, 1)
+            grads = clip_gradients((flatten_weights(grads, 2),), cfg.grad_bound, lead_dims=2)[0]  # (b, c, P)
+            theta_c, eta_c, alpha_c = (r[:, start:end, None] for r in (theta, eta, alpha))  # (b, c, 1)
             # eq. (18): S_t = eta_t S_{t-1} - theta_t u_t, for every token of the chunk
-            surprise = associative_scan(et, -th * grads, flat_momentum)  # (b, c, P)
+            surprise = associative_scan(eta_c, -theta_c * grads, flat_momentum)  # (b, c, P)
             # eq. (13): M_t = (1 - alpha_t) M_{t-1} + S_t
-            per_token = associative_scan(1 - al, surprise, flat_weights)  # (b, c, P)
+            per_token = associative_scan(1 - alpha_c, surprise, flat_weights)  # (b, c, P)
             if q is not None:
                 outputs.append(self._read_per_token(unflatten_weights(per_token, shapes), q[:, start:end]))
             flat_weights, flat_momentum = per_token[:, -1].clone(), surprise[:, -1].clone()
@@ -363,12 +363,12 @@ class NeuralMemory(nn.Module):
         token_grad = vmap(grad(associative_loss), in_dims=(0, 0, 0, None))  # one memory per batch row
         for t in range(k.shape[1]):
             # eq. (12)'s gradient at the weights where this token's chunk began, bounded
-            g = clip_gradients(token_grad(chunk_weights, k[:, t], v[:, t], cfg.ln_eps), cfg.grad_clip, lead_dims=1)
-            th, et, al = theta[:, t], eta[:, t], alpha[:, t]  # (b,)
+            g = clip_gradients(token_grad(chunk_weights, k[:, t], v[:, t], cfg.ln_eps), cfg.grad_bound, lead_dims=1)
+            theta_t, eta_t, alpha_t = theta[:, t], eta[:, t], alpha[:, t]  # (b,)
             # eq. (14): S_t = eta_t S_{t-1} - theta_t grad l(M_{t'}; x_t)
-            momentum = tuple(_as_rate(et, s) * s - _as_rate(th, gi) * gi for s, gi in zip(momentum, g))
+            momentum = tuple(_as_rate(eta_t, s) * s - _as_rate(theta_t, gi) * gi for s, gi in zip(momentum, g))
             # eq. (13): M_t = (1 - alpha_t) M_{t-1} + S_t
-            weights = tuple(_as_rate(1 - al, w) * w + s for w, s in zip(weights, momentum))
+            weights = tuple(_as_rate(1 - alpha_t, w) * w + s for w, s in zip(weights, momentum))
             offset = (offset + 1) % cfg.chunk_size
             if offset == 0:
                 chunk_weights = weights

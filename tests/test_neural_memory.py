@@ -131,7 +131,7 @@ def test_chunk_size_one_is_the_plain_token_rule():
         w_req = [w.clone().requires_grad_() for w in weights]
         g = torch.autograd.grad(associative_loss(w_req, k[0, t], v[0, t]), w_req)
         norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g))
-        g = [gi * min(1.0, model.config.grad_clip / norm.item()) for gi in g]
+        g = [gi * min(1.0, model.config.grad_bound / norm.item()) for gi in g]
         momentum = [eta[0, t] * s - theta[0, t] * gi for s, gi in zip(momentum, g)]
         weights = [(1 - alpha[0, t]) * w + s for w, s in zip(weights, momentum)]
     state = model.write(x, model.init_state(1))
@@ -219,7 +219,7 @@ def test_batch_rows_are_independent_memories():
 def test_memory_memorises_pairs_at_test_time():
     torch.manual_seed(0)
     d, n = 16, 8
-    model = NeuralMemory(NeuralMemoryConfig(dim=d, chunk_size=1, grad_clip=3.0))
+    model = NeuralMemory(NeuralMemoryConfig(dim=d, chunk_size=1, grad_bound=3.0))
     k = F.normalize(torch.randn(1, n, d), dim=-1)
     v = torch.randn(1, n, d) / d**0.5
     ones = torch.ones(1, n)
@@ -279,7 +279,7 @@ def test_forward_on_16k_tokens_is_finite_with_gradients():
 def test_exercise_one_chunk_no_momentum_no_decay_is_one_gradient_step():
     """One chunk, eta = alpha = 0, no clipping: the write is one step of (full-batch)
     gradient descent on the summed loss at M_0, eq. (16)."""
-    model = make(chunk_size=6, grad_clip=1e6)
+    model = make(chunk_size=6, grad_bound=1e6)
     k = F.normalize(tokens(b=1, n=6, seed=4), dim=-1)
     v = tokens(b=1, n=6, seed=5)
     theta, zeros = torch.full((1, 6), 0.01, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64)
@@ -308,7 +308,7 @@ def test_exercise_forgetting_alone_shrinks_weights_geometrically():
 def test_exercise_momentum_carries_one_surprise_forward():
     """A single write at t = 0 keeps moving the weights: after n tokens the total step is
     theta g (1 - eta^n) / (1 - eta)."""
-    model = make(chunk_size=1, grad_clip=1e6)
+    model = make(chunk_size=1, grad_bound=1e6)
     n, eta_value = 8, 0.7
     k = F.normalize(tokens(b=1, n=n), dim=-1)
     v = tokens(b=1, n=n, seed=9)
@@ -328,8 +328,8 @@ def test_config_errors():
         NeuralMemoryConfig(chunk_size=0)
     with pytest.raises(ValueError, match="dim"):
         NeuralMemoryConfig(dim=0)
-    with pytest.raises(ValueError, match="grad_clip"):
-        NeuralMemoryConfig(grad_clip=0.0)
+    with pytest.raises(ValueError, match="grad_bound"):
+        NeuralMemoryConfig(grad_bound=0.0)
 
 
 def test_input_errors():
