@@ -19,9 +19,17 @@ Each module backs one chapter of the book in ``book/``:
  7      ``model``                the MACTransformer, streaming generation
  8      ``baseline``             a full-attention transformer, the O(n^2) reference
  8      ``data``                 long-range recall and standard-library text
- 8      ``train``                the trainer: ``python -m mac_minimal.train --help``
+ 8      ``train``                the loop: ``python -m mac_minimal.train``
+ 8      ``train_config``         a run's config; three models at one budget
+ 8      ``task_data``            a run's batches: recall or text
+ 8      ``evaluation``           the loss; recall by distance, bits per byte
+ 8      ``checkpoint``           exact resume: RNG states, atomic writes
+ 8      ``runtime``              devices, DDP processes, autocast, memory
+ 8      ``metrics``              the run's record: JSON lines
+ 8      ``cli``                  flags, one-line errors, exit statuses
  -      ``notebook``             ``setup_notebook()``: determinism for nbval
  -      ``diagrams``             pictures of the machine, drawn from code (chapters 2, 6, 7)
+ -      ``plots``                one log-log helper for the benchmark figures (chapters 3, 4, 7)
  -      ``checks``               the shared "positive int" input check
 =====  =======================  ==================================================
 

@@ -1,0 +1,23 @@
+"""The plotting helper draws the series it is given, on log-log axes with the measured sizes as ticks."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mac_minimal.plots import log_log  # noqa: E402
+
+
+def test_log_log_draws_each_series_with_its_ticks_and_colours():
+    _, ax = plt.subplots()
+    log_log(ax, {"a": ([1, 4, 16], [1.0, 2.0, 3.0]), "b": ([4, 64], [5.0, 6.0])}, "n", "seconds",
+            "title", base=2, colors={"b": "C3"})
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["a", "b"]
+    assert np.array_equal(lines[1].get_xdata(), [4, 64]) and lines[1].get_color() == "C3"
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16", "64"]
+    assert ax.get_ylabel() == "seconds" and ax.get_title() == "title"
+    plt.close("all")
