@@ -20,7 +20,7 @@ import torch
 
 from common import RESULTS, write_json
 from mac_minimal.data import TOKENS_PER_FACT, recall_batch
-from mac_minimal.train import TrainConfig, build_model
+from mac_minimal.train_config import TrainConfig, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "trainability"

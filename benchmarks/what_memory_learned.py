@@ -33,8 +33,8 @@ import torch
 
 from common import RESULTS, environment, write_json
 from mac_minimal.data import KEY, QUERY, VALUE, TOKENS_PER_FACT, RecallTask, recall_batch, recall_distance_range
+from mac_minimal.evaluation import evaluate_recall
 from mac_minimal.model import MACConfig, MACTransformer
-from mac_minimal.train import evaluate_recall
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_RUN = ROOT / "runs" / "trainability" / "scale0-lr0.03-s0-2500steps"

@@ -10,11 +10,17 @@ from dataclasses import replace
 import pytest
 import torch
 
+import mac_minimal.cli as cli_module
 import mac_minimal.train as train_module
+from mac_minimal.checkpoint import CheckpointError, save_checkpoint
+from mac_minimal.cli import main, parse_args
 from mac_minimal.data import KEY, QUERY, VALUE, RecallTask, lm_eval_batches, read_corpus, recall_batch
-from mac_minimal.train import (CheckpointError, NonFiniteLossError, TrainConfig, compute_loss, count_parameters,
-                               evaluate_lm, evaluate_recall, lr_factor, main, model_config, parse_args,
-                               read_metrics, save_checkpoint, setup_runtime, train)
+from mac_minimal.evaluation import compute_loss, evaluate_lm, evaluate_recall
+from mac_minimal.metrics import read_metrics
+from mac_minimal.runtime import autocast, peak_memory_bytes, setup_runtime
+from mac_minimal.task_data import make_batch, prepare_data
+from mac_minimal.train import NonFiniteLossError, lr_factor, train
+from mac_minimal.train_config import TrainConfig, build_model, count_parameters, model_config
 
 TINY = ["--dim", "16", "--depth", "1", "--heads", "2", "--segment-len", "8", "--chunk-size", "4",
         "--num-persistent", "2", "--seq-len", "32", "--batch-size", "2", "--num-facts", "2",
@@ -95,8 +101,8 @@ def test_evaluate_lm_of_a_uniform_model_is_eight_bits_per_byte():
 def test_recall_values_option_sets_the_vocabulary_and_the_batches(tmp_path):
     cfg = tiny(tmp_path, num_values=5)
     assert cfg.recall_task == RecallTask(num_values=5)
-    assert train_module.prepare_data(cfg).vocab_size == 3 + 32 + 5 + 32
-    batch = train_module.make_batch(cfg, train_module.prepare_data(cfg), torch.Generator().manual_seed(0))
+    assert prepare_data(cfg).vocab_size == 3 + 32 + 5 + 32
+    batch = make_batch(cfg, prepare_data(cfg), torch.Generator().manual_seed(0))
     task = cfg.recall_task
     answers = batch.targets[batch.mask]
     assert ((answers >= task.value_start) & (answers < task.filler_start)).all()
@@ -109,8 +115,8 @@ def test_recall_values_option_sets_the_vocabulary_and_the_batches(tmp_path):
 
 def test_recall_keys_option_sets_the_vocabulary(tmp_path):
     cfg = tiny(tmp_path, num_keys=4, num_facts=2)
-    assert cfg.recall_task == RecallTask(num_keys=4) and train_module.prepare_data(cfg).vocab_size == 3 + 4 + 32 + 32
-    batch = train_module.make_batch(cfg, train_module.prepare_data(cfg), torch.Generator().manual_seed(0))
+    assert cfg.recall_task == RecallTask(num_keys=4) and prepare_data(cfg).vocab_size == 3 + 4 + 32 + 32
+    batch = make_batch(cfg, prepare_data(cfg), torch.Generator().manual_seed(0))
     keys = batch.inputs[:, 1:][batch.inputs[:, :-1] == KEY]          # the token after every KEY marker
     assert len(keys) == 2 * len(batch.inputs) and ((keys >= 3) & (keys < 3 + 4)).all()
     assert parse_args(TINY + ["--num-keys", "6"]).num_keys == 6
@@ -128,7 +134,7 @@ def test_memory_flags_reach_the_mac_config():
 
 def test_peak_memory_is_reported_in_bytes_on_the_cpu():
     import resource
-    peak = train_module.peak_memory_bytes(torch.device("cpu"))
+    peak = peak_memory_bytes(torch.device("cpu"))
     kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert peak in (kilobytes, kilobytes * 1024) and peak > 10 * 2**20  # a Python process with torch: > 10 MB
 
@@ -154,7 +160,7 @@ def test_model_configs_from_the_registry():
 
 
 def test_autocast_is_off_on_the_cpu():
-    with train_module.autocast(torch.device("cpu")):
+    with autocast(torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
@@ -162,7 +168,7 @@ def test_autocast_is_off_on_the_cpu():
 def test_models_run_forward_and_backward_under_bf16_autocast(name, tmp_path):
     """The CUDA path autocasts to bf16; CPU autocast exercises the same dtype handling."""
     cfg = tiny(tmp_path, model=name)
-    model, _ = train_module.build_model(cfg, RecallTask().vocab_size)
+    model, _ = build_model(cfg, RecallTask().vocab_size)
     batch = recall_batch(2, 32, 12, 2, torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = model(batch.inputs)
@@ -247,7 +253,7 @@ def test_main_turns_run_errors_into_exit_statuses_and_messages(monkeypatch, caps
     def failing(cfg):
         raise error
 
-    monkeypatch.setattr(train_module, "train", failing)
+    monkeypatch.setattr(cli_module, "train", failing)
     assert main(["--no-progress"]) == status
     assert capsys.readouterr().err == f"error: {error}\n"
 

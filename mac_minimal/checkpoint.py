@@ -1,0 +1,111 @@
+"""Checkpoints that resume a run exactly: weights, optimizer, schedule and every random state.
+
+A checkpoint is a plain dict of tensors and builtins (:data:`CHECKPOINT_KEYS`, built by
+:func:`checkpoint_contents`), so ``torch.load(weights_only=True)`` reads it without unpickling
+code. It holds each rank's random states -- torch's CPU generator, its CUDA generator and the
+data generator (:func:`rng_state`) -- so a run resumed with ``--resume`` draws, on a CPU, exactly
+the batches and computes exactly the losses of the uninterrupted run. It is written atomically
+(:func:`save_checkpoint`): a crash mid-write never leaves a truncated checkpoint behind.
+"""
+
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mac_minimal.runtime import Runtime
+from mac_minimal.train_config import TrainConfig
+
+__all__ = ["CheckpointError", "CHECKPOINT_KEYS", "rng_state", "checkpoint_contents", "save_checkpoint",
+           "load_checkpoint", "restore"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, would be overwritten, or does not fit the requested model."""
+
+
+CHECKPOINT_KEYS = frozenset({"step", "model_name", "model_config", "train_config", "model", "optimizer",
+                             "scheduler", "rng"})
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor | None]:
+    """This process's random state: torch's CPU generator, its CUDA generator, the data generator."""
+    return {"torch": torch.get_rng_state(), "data": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def checkpoint_contents(step: int, cfg: TrainConfig, config: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: torch.optim.lr_scheduler.LRScheduler, rng: list[dict[str, Tensor | None]]
+                        ) -> dict[str, Any]:
+    """The checkpoint after ``step`` steps: ``model`` (``cfg.model`` built with ``config``), optimizer
+    and schedule state, and ``rng``, every rank's :func:`rng_state` in rank order."""
+    return {"step": step, "model_name": cfg.model, "model_config": asdict(config), "train_config": asdict(cfg),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng}
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same directory, then
+    ``os.replace`` (atomic on POSIX and Windows), so ``path`` is always a complete checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+
+def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` and check it holds ``model_name`` with ``config``.
+
+    Raises :class:`CheckpointError` naming every field that differs.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # truncated file, not a torch file, or one with objects we will not unpickle
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
+                              "nothing was overwritten") from None
+    missing = CHECKPOINT_KEYS - set(payload) if isinstance(payload, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer (missing {sorted(missing)}); "
+                              "nothing was overwritten")
+    requested = asdict(config)
+    if payload["model_name"] != model_name:
+        raise CheckpointError(f"checkpoint {path} holds model {payload['model_name']!r}, "
+                              f"requested {model_name!r}")
+    saved = payload["model_config"]
+    differing = [f"{k}: checkpoint {saved.get(k)!r}, requested {requested.get(k)!r}"
+                 for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k)]
+    if differing:
+        raise CheckpointError(f"checkpoint {path} was trained with another model config; "
+                              "differing fields: " + "; ".join(differing))
+    return payload
+
+
+def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, runtime: Runtime) -> int:
+    """Load weights, optimizer, schedule and this rank's random states; returns the step reached."""
+    if len(payload["rng"]) != runtime.world_size:
+        raise CheckpointError(f"checkpoint was written by {len(payload['rng'])} process(es), this run has "
+                              f"{runtime.world_size}: each process's data stream could not be continued")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    rng = payload["rng"][runtime.rank]
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["data"])
+    if runtime.device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], runtime.device)
+    return payload["step"]

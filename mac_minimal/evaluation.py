@@ -1,0 +1,89 @@
+"""The loss a run minimises and the scores it reports.
+
+Both come from one per-token cross-entropy (:func:`masked_losses`). Training averages it over
+the targets in the batch's mask (:func:`compute_loss`: the answers for recall, every byte for
+``lm``); evaluation reports recall accuracy against distance (:func:`evaluate_recall`) or
+validation bits per byte (:func:`evaluate_lm`).
+"""
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mac_minimal.data import Batch, RecallTask, lm_eval_batches, recall_batch
+from mac_minimal.runtime import autocast
+from mac_minimal.task_data import TaskData, default_eval_distances
+from mac_minimal.train_config import TrainConfig
+
+__all__ = ["EVAL_SEED", "masked_losses", "compute_loss", "evaluate_recall", "evaluate_lm", "evaluate"]
+
+EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
+
+
+def masked_losses(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-target cross-entropy (nats) and argmax-correctness, both (b, n) float32."""
+    with autocast(device):
+        logits, _ = model(batch.inputs)                                # (b, n, V)
+    logits = logits.float()
+    losses = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none")
+    correct = (logits.argmax(-1) == batch.targets).float()
+    return losses.view_as(correct), correct
+
+
+def compute_loss(model: nn.Module, batch: Batch, device: torch.device) -> Tensor:
+    """Mean cross-entropy over the targets in ``batch.mask`` (the answers for recall, all bytes for lm)."""
+    losses, _ = masked_losses(model, batch, device)
+    mask = batch.mask.float()
+    return (losses * mask).sum() / mask.sum()
+
+
+@torch.no_grad()
+def evaluate_recall(model: nn.Module, distances: list[int], seq_len: int, num_facts: int, batch_size: int,
+                    num_batches: int, device: torch.device | str = "cpu", seed: int = EVAL_SEED,
+                    task: RecallTask = RecallTask()) -> dict[str, Any]:
+    """Recall accuracy against distance: for each distance, ``num_batches`` fixed batches (from
+    ``seed``), the fraction of answer tokens whose argmax is right. Returns
+    ``{"accuracy": {distance: acc}, "loss": mean answer loss, "mean_accuracy": mean over distances}``."""
+    device = torch.device(device)
+    accuracy, losses = {}, []
+    was_training, _ = model.training, model.eval()
+    for distance in distances:
+        generator = torch.Generator().manual_seed(seed + distance)
+        hits, count = 0.0, 0.0
+        for _ in range(num_batches):
+            batch = recall_batch(batch_size, seq_len, distance, num_facts, generator, task).to(device)
+            loss, correct = masked_losses(model, batch, device)
+            hits += float(correct[batch.mask].sum())
+            count += float(batch.mask.sum())
+            losses.append(float(loss[batch.mask].mean()))
+        accuracy[distance] = hits / count
+    model.train(was_training)
+    return {"accuracy": accuracy, "loss": sum(losses) / len(losses),
+            "mean_accuracy": sum(accuracy.values()) / len(accuracy)}
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, batches: list[Batch], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Validation loss over ``batches``: ``{"loss": nats per byte, "bpb": bits per byte = loss / ln 2}``."""
+    device = torch.device(device)
+    was_training, _ = model.training, model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        losses, _ = masked_losses(model, batch.to(device), device)
+        total += float(losses.sum())
+        count += losses.numel()
+    model.train(was_training)
+    return {"loss": total / count, "bpb": total / count / math.log(2)}
+
+
+def evaluate(model: nn.Module, cfg: TrainConfig, data: TaskData, device: torch.device) -> dict[str, Any]:
+    """The run's evaluation: :func:`evaluate_recall` at ``cfg.eval_distances`` (default: five across
+    the range), or :func:`evaluate_lm` on (at most) ``cfg.eval_batches`` batches of validation windows."""
+    if cfg.task == "recall":
+        distances = cfg.eval_distances or default_eval_distances(cfg.seq_len, cfg.num_facts)
+        return evaluate_recall(model, distances, cfg.seq_len, cfg.num_facts, cfg.batch_size,
+                               cfg.eval_batches, device, task=cfg.recall_task)
+    return evaluate_lm(model, lm_eval_batches(data.val_tokens, cfg.batch_size, cfg.seq_len, cfg.eval_batches), device)

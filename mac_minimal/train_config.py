@@ -1,0 +1,178 @@
+"""What a training run is: :class:`TrainConfig`, and the three models it can train at one budget.
+
+==================  =============================================================
+``mac``             :class:`~mac_minimal.model.MACTransformer`, neural memory on
+``mac_no_memory``   the same model with ``use_memory=False`` (segment attention only)
+``full_attention``  :class:`~mac_minimal.baseline.FullAttentionTransformer`, O(n^2)
+==================  =============================================================
+
+``mac`` is built at ``--dim``; the other two at the width whose parameter count is closest to
+``mac``'s (:func:`model_config`), so a comparison between them is at an equal budget. Every
+command-line flag of :mod:`mac_minimal.cli` is one field of :class:`TrainConfig`.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
+from mac_minimal.data import RecallTask, recall_distance_range
+from mac_minimal.model import MACConfig, MACTransformer
+
+__all__ = ["TrainConfig", "TASKS", "MODELS", "REFERENCE_MODEL", "count_parameters", "model_config", "build_model"]
+
+TASKS = ("recall", "lm")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; the command-line flags map one to one onto these fields."""
+
+    model: str = "mac"
+    task: str = "recall"
+    data: str | None = None
+    max_bytes: int = 4_000_000
+    num_facts: int = 4
+    num_values: int = 32
+    num_keys: int = 32
+    eval_distances: list[int] | None = None
+    dim: int = 32
+    depth: int = 2
+    heads: int = 4
+    segment_len: int = 16
+    num_persistent: int = 4
+    chunk_size: int = 8
+    memory_max_lr: float = 0.03
+    memory_scale_init: float | None = 0.0
+    seq_len: int = 128
+    batch_size: int = 8
+    steps: int = 200
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.data is not None and self.task != "lm":
+            raise ValueError("--data is a text file for --task lm; the recall task is generated")
+        if self.data is not None and not os.path.isfile(self.data):
+            raise ValueError(f"--data must be a readable text file, got {self.data!r} (no such file)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values",
+                     "num_keys"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _require_range("lr", self.lr, low=0.0)
+        _require_range("memory_max_lr", self.memory_max_lr, low=0.0)
+        _require_range("grad_clip", self.grad_clip, low=0.0)
+        _require_range("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
+        _require_range("weight_decay", self.weight_decay, low=0.0, closed=True)
+        if self.memory_scale_init is not None:
+            _require_range("memory_scale_init", self.memory_scale_init)
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, segment_len, chunk_size, ...
+        if self.task == "recall":
+            if self.num_facts > self.num_keys:
+                raise ValueError(f"num_facts={self.num_facts} needs as many distinct keys, got num_keys={self.num_keys}")
+            low, high = recall_distance_range(self.seq_len, self.num_facts)
+            if any(not low <= d <= high for d in self.eval_distances or []):
+                raise ValueError(f"eval_distances must lie in [{low}, {high}] for seq_len={self.seq_len}, "
+                                 f"num_facts={self.num_facts}, got {self.eval_distances}")
+        if self.out is None:
+            self.out = os.path.join("runs", f"{self.model}-{self.task}")
+
+    @property
+    def recall_task(self) -> RecallTask:
+        """The recall vocabulary: ``num_keys`` keys, ``num_values`` values, the default filler range."""
+        return RecallTask(num_keys=self.num_keys, num_values=self.num_values)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.out) / "checkpoint.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.out) / "metrics.jsonl"
+
+
+def _require_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                   closed: bool = False) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is finite and above ``low`` (at least ``low``
+    if ``closed``) and at most ``high``."""
+    too_low = low is not None and (value < low if closed else value <= low)
+    if not math.isfinite(value) or too_low or (high is not None and value > high):
+        bound = "any finite number" if low is None else (
+            f"{'>=' if closed else '>'} {low:g}" + ("" if high is None else f" and <= {high:g}"))
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: a name -> (config builder, class) registry, sizes matched to the MAC model's.
+
+def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:
+    return MACConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads,
+                     segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
+                     chunk_size=cfg.chunk_size, use_memory=use_memory,
+                     memory_max_lr=cfg.memory_max_lr, memory_scale_init=cfg.memory_scale_init)
+
+
+def _full_attention(cfg: TrainConfig, vocab_size: int, dim: int) -> FullAttentionConfig:
+    return FullAttentionConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads)
+
+
+MODELS: dict[str, tuple[Callable[[TrainConfig, int, int], Any], type[nn.Module]]] = {
+    "mac": (partial(_mac, use_memory=True), MACTransformer),
+    "mac_no_memory": (partial(_mac, use_memory=False), MACTransformer),
+    "full_attention": (_full_attention, FullAttentionTransformer),
+}
+REFERENCE_MODEL = "mac"
+
+
+def count_parameters(name: str, cfg: TrainConfig, vocab_size: int, dim: int) -> int:
+    """Parameters of model ``name`` at width ``dim``, counted on the meta device (no memory used)."""
+    builder, cls = MODELS[name]
+    with torch.device("meta"):
+        return sum(p.numel() for p in cls(builder(cfg, vocab_size, dim)).parameters())
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> Any:
+    """The config of ``cfg.model``: ``mac`` at width ``cfg.dim``, the others at the width (a multiple
+    of ``2 * heads``, for rotary) whose parameter count is closest to that ``mac``'s, so the
+    comparison is at an equal budget. Depth, heads and segment settings are shared."""
+    builder, _ = MODELS[cfg.model]
+    if cfg.model == REFERENCE_MODEL:
+        return builder(cfg, vocab_size, cfg.dim)
+    target = count_parameters(REFERENCE_MODEL, cfg, vocab_size, cfg.dim)
+    step = 2 * cfg.heads
+    counts = {step: count_parameters(cfg.model, cfg, vocab_size, step)}
+    while max(counts.values()) < target:  # the count grows with dim: widen until past the target
+        dim = max(counts) + step
+        counts[dim] = count_parameters(cfg.model, cfg, vocab_size, dim)
+    return builder(cfg, vocab_size, min(counts, key=lambda d: abs(counts[d] - target)))
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> tuple[nn.Module, Any]:
+    """The model ``cfg.model`` (float32, on the CPU, initialised from the current torch seed) and its config."""
+    config = model_config(cfg, vocab_size)
+    return MODELS[cfg.model][1](config), config
