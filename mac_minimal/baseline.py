@@ -10,8 +10,8 @@ written small and plain so the comparison is about memory, not about tricks:
   then a final LayerNorm and a linear head to ``vocab_size`` logits;
 * positions by rotary embedding on queries and keys (:mod:`mac_minimal.rotary`, the same one
   the MAC model uses) or by a learned absolute position table;
-* attention by ``F.scaled_dot_product_attention(..., is_causal=True)``, which dispatches to a
-  fused (flash / memory-efficient) kernel on a GPU.
+* attention by :func:`mac_minimal.attention.causal_attention` (SDPA with ``is_causal=True``),
+  which dispatches to a fused (flash / memory-efficient) kernel on a GPU.
 
 ``forward(tokens, state=None) -> (logits, None)`` has the signature of ``MACTransformer`` so the
 trainer can treat all models alike; full attention carries no state between calls.
@@ -21,14 +21,14 @@ Shapes: ``b`` batch, ``n`` sequence, ``d`` model dim, ``h`` heads, ``e`` head di
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
-from mac_minimal.checks import require_rotary_heads
+from mac_minimal.attention import causal_attention, merge_heads, split_heads
+from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads, require_tokens
+from mac_minimal.layers import FeedForward
 from mac_minimal.rotary import apply_rotary
 
-__all__ = ["FullAttentionConfig", "causal_attention", "FullAttentionTransformer"]
+__all__ = ["FullAttentionConfig", "FullAttentionTransformer"]
 
 POSITIONS = ("rotary", "learned")
 
@@ -52,10 +52,8 @@ class FullAttentionConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "depth", "heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mlp_hidden < 0:
-            raise ValueError(f"mlp_hidden must be >= 0 (0 means 4 * dim), got {self.mlp_hidden}")
+            require_positive_int(f"FullAttentionConfig.{name}", getattr(self, name))
+        require_int("FullAttentionConfig.mlp_hidden (0 means 4 * dim)", self.mlp_hidden, minimum=0)
         if self.dim % self.heads != 0:
             raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
         if self.positions not in POSITIONS:
@@ -69,16 +67,6 @@ class FullAttentionConfig:
         return self.mlp_hidden or 4 * self.dim
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal softmax attention, (b, h, n, e) x3 -> (b, h, n, e).
-
-    ``softmax(q k^T / sqrt(e) + mask) v`` where the mask forbids key ``j > i`` for query ``i``.
-    One call to ``scaled_dot_product_attention``: on a GPU it never materialises the (n, n)
-    score matrix (flash attention), on a CPU it is the plain formula.
-    """
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
 class Block(nn.Module):
     """One pre-norm block: ``x + Attn(LN(x))`` then ``+ MLP(LN(x))``; (b, n, d) -> (b, n, d)."""
 
@@ -90,17 +78,15 @@ class Block(nn.Module):
         self.to_qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
         self.to_out = nn.Linear(config.dim, config.dim, bias=False)
         self.norm_mlp = nn.LayerNorm(config.dim)
-        self.mlp = nn.Sequential(nn.Linear(config.dim, config.hidden), nn.GELU(),
-                                 nn.Linear(config.hidden, config.dim))
+        self.mlp = FeedForward(config.dim, config.hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         qkv = self.to_qkv(self.norm_attn(x))                               # (b, n, 3d)
-        q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.heads)
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))   # (b, h, n, e) each
         if self.rotary:
             positions = torch.arange(x.shape[1], device=x.device)
             q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-        y = rearrange(causal_attention(q, k, v), "b h n e -> b n (h e)")
-        x = x + self.to_out(y)
+        x = x + self.to_out(merge_heads(causal_attention(q, k, v)))
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -121,24 +107,15 @@ class FullAttentionTransformer(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
 
-    def _check(self, tokens: Tensor, state: None) -> None:
+    def forward(self, tokens: Tensor, state: None = None) -> tuple[Tensor, None]:
+        """tokens (b, n) int64 -> logits (b, n, vocab); ``state`` must be None."""
+        require_tokens(tokens, self.config.vocab_size)
         if state is not None:
             raise ValueError("full attention carries no state between calls: state must be None "
                              "(pass the whole sequence at once)")
-        if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64:
-            raise TypeError("tokens must be an int64 tensor of shape (b, n), got "
-                            f"{tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__}")
-        if tokens.dim() != 2 or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must have shape (b, n) with n >= 1, got {tuple(tokens.shape)}")
         if self.pos_embed is not None and tokens.shape[1] > self.config.max_seq_len:
             raise ValueError(f"learned positions cover n <= max_seq_len={self.config.max_seq_len}, "
                              f"got n={tokens.shape[1]}")
-        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-            raise IndexError(f"tokens must lie in [0, vocab_size={self.config.vocab_size}), got values in "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
-
-    def forward(self, tokens: Tensor, state: None = None) -> tuple[Tensor, None]:
-        self._check(tokens, state)
         x = self.embed(tokens)                                             # (b, n, d)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(tokens.shape[1], device=tokens.device))

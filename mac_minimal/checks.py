@@ -1,15 +1,44 @@
-"""The input checks modules share, each with one message format: a positive whole number, a rotary head width."""
+"""The input checks modules share, each with one message format: a whole number, a rotary head
+width, a batch of token ids. Each names what was expected and what was given."""
+
+import torch
+from torch import Tensor
+
+
+def require_int(name: str, value: object, minimum: int) -> None:
+    """Raise ``ValueError("<name> must be an int >= <minimum>, got <value>")`` unless ``value`` is
+    an ``int >= minimum`` (``bool`` is refused: ``True`` is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def require_positive_int(name: str, value: object) -> None:
-    """Raise ``ValueError("<name> must be an int >= 1, got <value>")`` unless ``value`` is an
-    ``int >= 1`` (``bool`` is refused: ``True`` is not a size)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    """:func:`require_int` with ``minimum=1``: a size, a count, a length."""
+    require_int(name, value, minimum=1)
 
 
-def require_rotary_heads(dim: int, heads: int) -> None:
+def require_rotary_heads(dim: int, heads: int, base: float = 10000.0) -> None:
     """Raise ``ValueError`` unless ``dim`` splits into ``heads`` heads of an even width (rotary turns
-    pairs of features)."""
+    pairs of features) and the rotary ``base`` is > 1 (so the angles slow down along the pairs)."""
     if dim % heads != 0 or (dim // heads) % 2 != 0:
         raise ValueError(f"dim / heads must be an even integer (rotary), got dim={dim}, heads={heads}")
+    if not base > 1:
+        raise ValueError(f"rotary base must be > 1, got {base!r}")
+
+
+def require_tokens(tokens: object, vocab_size: int) -> None:
+    """Raise unless ``tokens`` is an int64 tensor (b, n), b, n >= 1, with ids in ``[0, vocab_size)``.
+
+    The ids are checked on the CPU only: on a GPU, reading ``min``/``max`` back would stall every
+    call, and the embedding checks the ids there itself.
+    """
+    if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64:
+        given = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise TypeError(f"tokens must be a torch.Tensor of dtype torch.int64, got {given}")
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must have shape (b, n) with b, n >= 1, got {tuple(tokens.shape)}")
+    if tokens.device.type == "cpu":
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= vocab_size:
+            raise IndexError(f"token ids must lie in [0, vocab_size={vocab_size}), "
+                             f"got ids in [{low}, {high}]")

@@ -23,22 +23,22 @@ When a piece completes the segment the state rolls over: caches emptied, the mem
 becomes the next segment's ``M_{t-1}``.
 
 Shapes: b batch, c segment (piece) length, f tokens of the segment already cached, d model width,
-h heads, e head width, P ``num_persistent``.
+H heads, e head width, P ``num_persistent``. (``h`` is always eq. (21)'s retrieved memory, never
+the heads axis.)
 """
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
+from mac_minimal.attention import attention_weights, masked_attention, merge_heads, split_heads
+from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads
+from mac_minimal.layers import FeedForward
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
 from mac_minimal.persistent import PersistentKV, causal_mask_with_prefix
 from mac_minimal.rotary import apply_rotary
-from mac_minimal.checks import require_positive_int, require_rotary_heads
 
 __all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention", "mac_mask"]
 
@@ -78,9 +78,8 @@ class MACAttentionConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "heads", "segment_len", "chunk_size"):
             require_positive_int(f"MACAttentionConfig.{name}", getattr(self, name))
-        if self.num_persistent < 0:
-            raise ValueError(f"MACAttentionConfig.num_persistent must be >= 0, got {self.num_persistent}")
-        require_rotary_heads(self.dim, self.heads)
+        require_int("MACAttentionConfig.num_persistent", self.num_persistent, minimum=0)
+        require_rotary_heads(self.dim, self.heads, self.rotary_base)
         if self.combine not in COMBINES:
             raise ValueError(f"MACAttentionConfig.combine must be one of {COMBINES}, got {self.combine!r}")
 
@@ -101,9 +100,9 @@ class MACAttentionState(NamedTuple):
         None without memory.
     memory: the memory after writing ``y`` of the current segment's tokens so far (eq. 24);
         equals ``memory_before`` at a segment start; None without memory.
-    retrieved_keys, retrieved_values: rotated keys/values of ``h_0 .. h_{f-1}``, (b, h, f, e);
+    retrieved_keys, retrieved_values: rotated keys/values of ``h_0 .. h_{f-1}``, (b, H, f, e);
         f = 0 without memory.
-    keys, values: rotated keys/values of the segment's tokens ``S_0 .. S_{f-1}``, (b, h, f, e).
+    keys, values: rotated keys/values of the segment's tokens ``S_0 .. S_{f-1}``, (b, H, f, e).
     """
 
     memory_before: NeuralMemoryState | None
@@ -115,7 +114,7 @@ class MACAttentionState(NamedTuple):
 
     @classmethod
     def at_segment_start(cls, memory: NeuralMemoryState | None, empty: Tensor) -> "MACAttentionState":
-        """The state at a segment start: ``memory`` before and after, every cache ``empty`` (b, h, 0, e)."""
+        """The state at a segment start: ``memory`` before and after, every cache ``empty`` (b, H, 0, e)."""
         return cls(memory_before=memory, memory=memory, retrieved_keys=empty, retrieved_values=empty,
                    keys=empty, values=empty)
 
@@ -155,7 +154,7 @@ class Combine(nn.Module):
             raise ValueError(f"combine must be one of {COMBINES}, got {kind!r}")
         self.kind = kind
         if kind == "mlp":
-            self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.mlp = FeedForward(2 * dim, hidden=dim, out_dim=dim)
 
     def forward(self, y: Tensor, m: Tensor) -> Tensor:
         if self.kind == "sum":
@@ -198,12 +197,11 @@ class MACAttention(nn.Module):
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch_size: int) -> MACAttentionState:
-        """State at a segment start: empty caches (b, h, 0, e) and a fresh memory ``M_0``."""
+        """State at a segment start: empty caches (b, H, 0, e) and a fresh memory ``M_0``."""
         require_positive_int("batch_size", batch_size)
-        w = self.to_q.weight
-        empty = w.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
+        empty = self.to_q.weight.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
         memory = self.memory.init_state(batch_size) if self.memory is not None else None
-        return MACAttentionState.at_segment_start(memory, empty)
+        return MACAttentionState.at_segment_start(memory=memory, empty=empty)
 
     def _prepare(self, x: Tensor, state: MACAttentionState | None) -> MACAttentionState:
         """Check x (b, c, d) against the config and the state; a fresh state if None."""
@@ -229,33 +227,31 @@ class MACAttention(nn.Module):
 
     def qkv(self, x: Tensor, h: Tensor | None, state: MACAttentionState
             ) -> tuple[Tensor, Tensor, Tensor, MACAttentionState]:
-        """Eq. (22): rotated queries of S (b, h, c, e) and keys/values of ``[persistent | h | S]``.
+        """Eq. (22): rotated queries of S (b, H, c, e) and keys/values of ``[persistent | h | S]``.
 
-        Keys/values are (b, h, P + [f + c] + f + c, e) including the cached ones; also returns the
-        state with the caches extended by this piece. Rotary positions are positions inside the
-        segment, ``f .. f + c - 1``; ``h_k`` shares token k's position; persistent slots are
-        prepended after rotary (no position).
+        x: the segment's tokens S (b, c, d); h: their retrieved memory (b, c, d), or None without
+        memory. Keys/values are (b, H, P + [f + c] + f + c, e) including the cached ones; also
+        returns the state with the caches extended by this piece. Rotary positions are positions
+        inside the segment, ``f .. f + c - 1``; ``h_k`` shares token k's position; persistent
+        slots are prepended after rotary (no position).
         """
         cfg = self.config
-        f, c = state.filled, x.shape[1]
-        positions = torch.arange(f, f + c, device=x.device)
+        positions = torch.arange(state.filled, state.filled + x.shape[1], device=x.device)
 
-        def heads(t: Tensor) -> Tensor:                               # (b, c, d) -> (b, h, c, e)
-            return rearrange(t, "b c (h e) -> b h c e", h=cfg.heads)
+        def rotated_keys_values(t: Tensor) -> tuple[Tensor, Tensor]:   # (b, c, d) -> (b, H, c, e) x2
+            k, v = (split_heads(u, cfg.heads) for u in self.to_kv(t).chunk(2, dim=-1))
+            return apply_rotary(k, positions, cfg.rotary_base), v
 
-        q = apply_rotary(heads(self.to_q(x)), positions, cfg.rotary_base)
-        k, v = (heads(t) for t in self.to_kv(x).chunk(2, dim=-1))
-        keys = torch.cat((state.keys, apply_rotary(k, positions, cfg.rotary_base)), dim=2)
-        values = torch.cat((state.values, v), dim=2)
-        retrieved_keys, retrieved_values = state.retrieved_keys, state.retrieved_values
-        if h is not None:                                             # same W_K, W_V; h_k at k's position
-            hk, hv = (heads(t) for t in self.to_kv(h).chunk(2, dim=-1))
-            retrieved_keys = torch.cat((retrieved_keys, apply_rotary(hk, positions, cfg.rotary_base)), dim=2)
-            retrieved_values = torch.cat((retrieved_values, hv), dim=2)
-        all_k, all_v = self.persistent.prepend(torch.cat((retrieved_keys, keys), dim=2),
-                                               torch.cat((retrieved_values, values), dim=2))
-        cache = state._replace(retrieved_keys=retrieved_keys, retrieved_values=retrieved_values,
-                               keys=keys, values=values)
+        q = apply_rotary(split_heads(self.to_q(x), cfg.heads), positions, cfg.rotary_base)
+        k, v = rotated_keys_values(x)
+        cache = state._replace(keys=torch.cat((state.keys, k), dim=2),
+                               values=torch.cat((state.values, v), dim=2))
+        if h is not None:                                     # the same W_K, W_V as S: h, S are one sequence
+            hk, hv = rotated_keys_values(h)
+            cache = cache._replace(retrieved_keys=torch.cat((state.retrieved_keys, hk), dim=2),
+                                   retrieved_values=torch.cat((state.retrieved_values, hv), dim=2))
+        all_k, all_v = self.persistent.prepend(torch.cat((cache.retrieved_keys, cache.keys), dim=2),
+                                               torch.cat((cache.retrieved_values, cache.values), dim=2))
         return q, all_k, all_v, cache
 
     def mask(self, n_queries: int, filled: int, device: torch.device | str | None = None) -> Tensor:
@@ -265,16 +261,15 @@ class MACAttention(nn.Module):
     def attend(self, x: Tensor, h: Tensor | None, state: MACAttentionState) -> tuple[Tensor, MACAttentionState]:
         """Eqs. (22)-(23): ``y = Attn([persistent | h | S])`` at the positions of S, (b, c, d)."""
         q, k, v, cache = self.qkv(x, h, state)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(x.shape[1], state.filled, x.device))
-        return self.to_out(rearrange(out, "b h c e -> b c (h e)")), cache
+        y = masked_attention(q, k, v, self.mask(x.shape[1], state.filled, x.device))   # (b, H, c, e)
+        return self.to_out(merge_heads(y)), cache
 
     def attention_weights(self, x: Tensor, state: MACAttentionState | None = None) -> Tensor:
-        """The weights of eq. (23) written out, (b, h, c, P + [f + c] + f + c), columns ``[P | h | S]``."""
+        """The weights of eq. (23) written out, (b, H, c, P + [f + c] + f + c), columns ``[P | h | S]``."""
         state = self._prepare(x, state)
         h = self.retrieve(x, state) if self.memory is not None else None
         q, k, _, _ = self.qkv(x, h, state)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.config.head_dim)
-        return scores.masked_fill(~self.mask(x.shape[1], state.filled, x.device), float("-inf")).softmax(-1)
+        return attention_weights(q, k, self.mask(x.shape[1], state.filled, x.device))
 
     # ------------------------------------------------------------------ all of it
     def forward(self, x: Tensor, state: MACAttentionState | None = None) -> tuple[Tensor, MACAttentionState]:
@@ -292,5 +287,5 @@ class MACAttention(nn.Module):
             state = state._replace(memory=memory)
         if state.filled == self.config.segment_len:                      # segment done: roll over
             empty = state.keys.new_zeros(x.shape[0], self.config.heads, 0, self.config.head_dim)
-            state = MACAttentionState.at_segment_start(state.memory, empty)
+            state = MACAttentionState.at_segment_start(memory=state.memory, empty=empty)
         return o, state

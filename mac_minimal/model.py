@@ -29,9 +29,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mac_minimal.checks import require_int, require_positive_int, require_tokens
+from mac_minimal.layers import FeedForward, num_parameters
 from mac_minimal.mac_attention import MACAttention, MACAttentionConfig, MACAttentionState
 from mac_minimal.segmentation import fold_segments, scan_segments, unfold_segments
-from mac_minimal.checks import require_positive_int
 
 __all__ = ["MACConfig", "MACState", "MACBlock", "MACTransformer", "state_nbytes"]
 
@@ -108,7 +109,7 @@ class MACBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(d)
         self.attn = MACAttention(config.attention_config())
         self.norm_ffn = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, config.ffn_mult * d), nn.GELU(), nn.Linear(config.ffn_mult * d, d))
+        self.ffn = FeedForward(d, config.ffn_mult * d)
 
     def segments(self, x: Tensor, state: MACAttentionState) -> tuple[Tensor, MACAttentionState]:
         """MAC attention over every segment of x (b, n, d), carrying the state.
@@ -163,46 +164,35 @@ class MACTransformer(nn.Module):
         self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
 
     def num_parameters(self) -> int:
-        """Number of learned scalars."""
-        return sum(p.numel() for p in self.parameters())
+        """Number of learned scalars (:func:`mac_minimal.layers.num_parameters`)."""
+        return num_parameters(self)
 
     def init_state(self, batch_size: int) -> MACState:
         """The state at the start of a text: fresh memories, empty segment caches, position 0."""
-        return MACState(tuple(block.attn.init_state(batch_size) for block in self.blocks), 0)
+        return MACState(layers=tuple(block.attn.init_state(batch_size) for block in self.blocks), position=0)
 
-    def _check(self, tokens: Tensor, state: MACState | None) -> None:
-        if not isinstance(tokens, Tensor):
-            raise TypeError(f"tokens must be a torch.Tensor of dtype torch.int64, got {type(tokens).__name__}")
-        if tokens.dtype != torch.int64:
-            raise TypeError(f"tokens must have dtype torch.int64, got {tokens.dtype}")
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must have shape (b, n), got rank {tokens.dim()} shape {tuple(tokens.shape)}")
-        if tokens.numel() == 0:
-            raise ValueError(f"tokens must hold at least one token, shape (b >= 1, n >= 1), got {tuple(tokens.shape)}")
-        if tokens.device.type == "cpu":  # on a GPU, reading min/max back would stall every call
-            low, high = int(tokens.min()), int(tokens.max())      # (the embedding checks ids there)
-            if low < 0 or high >= self.config.vocab_size:
-                raise IndexError(f"token ids must lie in [0, vocab_size={self.config.vocab_size}), "
-                                 f"got ids in [{low}, {high}]")
-        if state is not None:
-            if not isinstance(state, MACState) or len(state.layers) != len(self.blocks):
-                raise ValueError(f"state must be a MACState with {len(self.blocks)} layer states "
-                                 "(from forward or init_state)")
-            if state.layers[0].keys.shape[0] != tokens.shape[0]:
-                raise ValueError(f"tokens have batch size {tokens.shape[0]} but the state was built "
-                                 f"for batch size {state.layers[0].keys.shape[0]}")
+    def _check_state(self, state: MACState, batch_size: int) -> None:
+        if not isinstance(state, MACState) or len(state.layers) != len(self.blocks):
+            raise ValueError(f"state must be a MACState with {len(self.blocks)} layer states "
+                             "(from forward or init_state)")
+        if state.layers[0].keys.shape[0] != batch_size:
+            raise ValueError(f"tokens have batch size {batch_size} but the state was built "
+                             f"for batch size {state.layers[0].keys.shape[0]}")
 
     def forward(self, tokens: Tensor, state: MACState | None = None) -> tuple[Tensor, MACState]:
         """tokens (b, n) int64 -> logits (b, n, V) and the state after the last token."""
-        self._check(tokens, state)
-        state = self.init_state(tokens.shape[0]) if state is None else state
+        require_tokens(tokens, self.config.vocab_size)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        else:
+            self._check_state(state, tokens.shape[0])
         x = self.embed(tokens)                                         # (b, n, d)
         layers = []
         for block, layer_state in zip(self.blocks, state.layers):
             x, layer_state = block(x, layer_state)
             layers.append(layer_state)
         logits = self.head(self.norm(x))                               # (b, n, V)
-        return logits, MACState(tuple(layers), state.position + tokens.shape[1])
+        return logits, MACState(layers=tuple(layers), position=state.position + tokens.shape[1])
 
     @torch.no_grad()
     def generate(self, tokens: Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -213,12 +203,11 @@ class MACTransformer(nn.Module):
         and memory per token stay constant however long the text grows. ``temperature == 0``:
         greedy (argmax); ``top_k``: sample among the k most likely tokens only.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        require_int("max_new_tokens", max_new_tokens, minimum=0)
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        if top_k is not None:
+            require_positive_int("top_k", top_k)
         logits, state = self(tokens)
         out = [tokens]
         for _ in range(max_new_tokens):

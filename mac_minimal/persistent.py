@@ -13,21 +13,20 @@ Titans eq. (19) prepends ``N_p`` learned vectors to the sequence, ``x_new = [p_1
     exactly a key at position 0: a query at position m scores it as ``(R_m q) . p = q . (R_{-m} p)``.
 
 :class:`PersistentAttention` is a small causal self-attention layer that uses either one, with
-:func:`torch.nn.functional.scaled_dot_product_attention` and the boolean mask of
+:func:`mac_minimal.attention.masked_attention` (one SDPA call) and the boolean mask of
 :func:`causal_mask_with_prefix`: every query sees all persistent slots plus the keys at or
 before its own position.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 from torch import Tensor, nn
 
-from mac_minimal.checks import require_rotary_heads
-from mac_minimal.rotary import RotaryEmbedding
+from mac_minimal.attention import attention_weights, masked_attention, merge_heads, split_heads
+from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads
+from mac_minimal.rotary import apply_rotary
 
 __all__ = [
     "PersistentMemoryConfig",
@@ -36,7 +35,6 @@ __all__ = [
     "PrependedPersistentTokens",
     "PersistentAttention",
     "causal_mask_with_prefix",
-    "RotaryEmbedding",
 ]
 
 MODES = ("kv", "tokens")
@@ -51,12 +49,11 @@ class PersistentMemoryConfig:
     num_persistent: int = 4
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.heads < 1:
-            raise ValueError(f"dim and heads must be >= 1, got dim={self.dim}, heads={self.heads}")
+        require_positive_int("PersistentMemoryConfig.dim", self.dim)
+        require_positive_int("PersistentMemoryConfig.heads", self.heads)
+        require_int("PersistentMemoryConfig.num_persistent", self.num_persistent, minimum=0)
         if self.dim % self.heads != 0:
             raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
-        if self.num_persistent < 0:
-            raise ValueError(f"num_persistent must be >= 0, got {self.num_persistent}")
 
     @property
     def head_dim(self) -> int:
@@ -78,7 +75,7 @@ class PersistentAttentionConfig(PersistentMemoryConfig):
         super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        require_rotary_heads(self.dim, self.heads)
+        require_rotary_heads(self.dim, self.heads, self.rotary_base)
 
 
 def causal_mask_with_prefix(n_queries: int, n_prefix: int, n_keys: int | None = None,
@@ -110,21 +107,12 @@ class PersistentKV(nn.Module):
 
     def __init__(self, heads: int, num_persistent: int, head_dim: int) -> None:
         super().__init__()
-        if heads < 1 or head_dim < 1 or num_persistent < 0:
-            raise ValueError("need heads >= 1, head_dim >= 1, num_persistent >= 0, got "
-                             f"heads={heads}, head_dim={head_dim}, num_persistent={num_persistent}")
         self.heads, self.num_persistent, self.head_dim = heads, num_persistent, head_dim
         self.keys = nn.Parameter(torch.randn(heads, num_persistent, head_dim))
         self.values = nn.Parameter(torch.randn(heads, num_persistent, head_dim))
 
     def prepend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """(b, h, n, head_dim) rotated k and v -> (b, h, N_p + n, head_dim) each, persistent slots first."""
-        expected = f"(b, h={self.heads}, n, head_dim={self.head_dim})"
-        for name, t in (("k", k), ("v", v)):
-            if t.dim() != 4 or t.shape[1] != self.heads or t.shape[3] != self.head_dim:
-                raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
-        if k.shape != v.shape:
-            raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
         b = k.shape[0]
         pk = repeat(self.keys, "h p e -> b h p e", b=b).to(k.dtype)
         pv = repeat(self.values, "h p e -> b h p e", b=b).to(v.dtype)
@@ -141,15 +129,11 @@ class PrependedPersistentTokens(nn.Module):
 
     def __init__(self, num_persistent: int, dim: int) -> None:
         super().__init__()
-        if num_persistent < 0 or dim < 1:
-            raise ValueError(f"need num_persistent >= 0 and dim >= 1, got num_persistent={num_persistent}, dim={dim}")
         self.num_persistent, self.dim = num_persistent, dim
         self.tokens = nn.Parameter(torch.randn(num_persistent, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         """x (b, n, d) -> (b, N_p + n, d), the same learned tokens in front of every sequence."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape (b, n, d={self.dim}), got {tuple(x.shape)}")
         p = repeat(self.tokens, "p d -> b p d", b=x.shape[0]).to(x.dtype)
         return torch.cat((p, x), dim=1)
 
@@ -173,7 +157,6 @@ class PersistentAttention(nn.Module):
         self.config = config
         self.to_qkv = nn.Linear(config.dim, 3 * config.dim, bias=False)
         self.to_out = nn.Linear(config.dim, config.dim, bias=False)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rotary_base)
         self.persistent: PersistentKV | PrependedPersistentTokens
         if config.mode == "kv":
             self.persistent = PersistentKV(config.heads, config.num_persistent, config.head_dim)
@@ -181,34 +164,35 @@ class PersistentAttention(nn.Module):
             self.persistent = PrependedPersistentTokens(config.num_persistent, config.dim)
 
     def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        """Check x (b, n, d) and positions (n,); the default positions are ``0 .. n-1``."""
         if x.dim() != 3 or x.shape[-1] != self.config.dim:
             raise ValueError(f"x must have shape (b, n, d={self.config.dim}), got {tuple(x.shape)}")
-        n = x.shape[1]
         if positions is None:
-            return torch.arange(n, device=x.device)
-        if not isinstance(positions, Tensor) or positions.shape != (n,):
-            raise ValueError(f"positions must be an integer tensor of shape (n,) = ({n},), got "
-                             f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
+            return torch.arange(x.shape[1], device=x.device)
+        if positions.shape != x.shape[1:2]:
+            raise ValueError(f"positions must have shape (n,) = ({x.shape[1]},), "
+                             f"got {tuple(positions.shape)}")
         return positions
 
     def qkv(self, x: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated queries (b, h, n, e) and keys, values (b, h, N_p + n, e), persistent slots first."""
         positions = self._positions(x, positions)
-        if self.config.mode == "tokens":
+        cfg = self.config
+        if cfg.mode == "tokens":
             return self._qkv_tokens(x, positions)
-        q, k, v = rearrange(self.to_qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.config.heads)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k, v = (split_heads(t, cfg.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k = apply_rotary(q, positions, cfg.rotary_base), apply_rotary(k, positions, cfg.rotary_base)
         k, v = self.persistent.prepend(k, v)   # after rotary: the persistent keys carry no rotation
         return q, k, v
 
     def _qkv_tokens(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mode "tokens": the prepended tokens are tokens like any other, at positions 0 .. N_p-1."""
-        num_p = self.config.num_persistent
+        cfg, num_p = self.config, self.config.num_persistent
         xp = self.persistent(x)                                                    # (b, N_p + n, d)
-        q, k, v = rearrange(self.to_qkv(xp), "b m (three h e) -> three b h m e", three=3, h=self.config.heads)
+        q, k, v = (split_heads(t, cfg.heads) for t in self.to_qkv(xp).chunk(3, dim=-1))
         key_positions = torch.cat((torch.arange(num_p, device=positions.device), num_p + positions))
-        q = self.rotary(q[:, :, num_p:], num_p + positions)                        # queries only for x
-        return q, self.rotary(k, key_positions), v
+        q = apply_rotary(q[:, :, num_p:], num_p + positions, cfg.rotary_base)     # queries only for x
+        return q, apply_rotary(k, key_positions, cfg.rotary_base), v
 
     def _mask(self, q: Tensor) -> Tensor:
         return causal_mask_with_prefix(q.shape[2], self.config.num_persistent, device=q.device)
@@ -216,8 +200,7 @@ class PersistentAttention(nn.Module):
     def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """x (b, n, d) -> y (b, n, d); attention by ``scaled_dot_product_attention``."""
         q, k, v = self.qkv(x, positions)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(q))   # (b, h, n, e)
-        return self.to_out(rearrange(out, "b h n e -> b n (h e)"))
+        return self.to_out(merge_heads(masked_attention(q, k, v, self._mask(q))))
 
     def attention_weights(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """The weights SDPA uses, written out: softmax(q k^T / sqrt(e) + mask), shape (b, h, n, N_p + n).
@@ -225,6 +208,4 @@ class PersistentAttention(nn.Module):
         Columns 0 .. N_p-1 are the persistent slots; ``forward`` equals ``to_out(weights @ v)``.
         """
         q, k, _ = self.qkv(x, positions)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.config.head_dim)     # (b, h, n, N_p + n)
-        scores = scores.masked_fill(~self._mask(q), float("-inf"))
-        return scores.softmax(dim=-1)
+        return attention_weights(q, k, self._mask(q))

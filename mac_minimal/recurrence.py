@@ -32,8 +32,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mac_minimal.memory_state import MemoryState, MemoryStateConfig, read_memory
 from mac_minimal.checks import require_positive_int
+from mac_minimal.layers import FeedForward
+from mac_minimal.memory_state import MemoryState, MemoryStateConfig, read_memory
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Projections(NamedTuple):
 
     def at(self, t: int) -> "Projections":
         """The projections of step ``t``: each ``(b, n, d) -> (b, d)``."""
-        return Projections(*(p[:, t] for p in self))
+        return self._make(p[:, t] for p in self)
 
 
 @dataclass
@@ -109,7 +110,7 @@ class MMRecBlock(nn.Module):
         self.W_g = nn.Linear(d, d)
         self.W_o = nn.Linear(d, d, bias=False)
         self.ffn_norm = nn.RMSNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, config.ffn_mult * d), nn.GELU(), nn.Linear(config.ffn_mult * d, d))
+        self.ffn = FeedForward(d, config.ffn_mult * d)
 
     def initial_state(self, batch_size: int, *, dtype: torch.dtype = torch.float32,
                       device: torch.device | str | None = None) -> MMRecState:

@@ -20,45 +20,31 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from mac_minimal.checks import require_rotary_heads
+
 __all__ = ["rotary_angles", "apply_rotary", "RotaryEmbedding"]
-
-
-def _check_rotary(head_dim: int, base: float) -> None:
-    if head_dim < 2 or head_dim % 2 != 0:
-        raise ValueError(f"rotary needs an even head_dim >= 2, got head_dim={head_dim}")
-    if base <= 1.0:
-        raise ValueError(f"rotary base must be > 1, got base={base}")
 
 
 def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
     """Angles ``m * theta_i`` of shape (n, head_dim / 2), computed in float64.
 
-    positions: integer tensor (n,). ``theta_i = base ** (-2i / head_dim)``, i = 0 .. head_dim/2 - 1.
+    positions: (n,). ``theta_i = base ** (-2i / head_dim)``, i = 0 .. head_dim/2 - 1.
     """
-    _check_rotary(head_dim, base)
-    if not isinstance(positions, Tensor) or positions.dim() != 1:
-        raise ValueError("positions must be a 1-D integer tensor of shape (n,), got "
-                         f"{tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__}")
-    if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
-        raise TypeError(f"positions must have an integer dtype, got {positions.dtype}")
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim
     inv_freq = base ** (-exponents)                                  # (head_dim/2,)
     return positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (n, head_dim/2)
 
 
 def apply_rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotate ``x`` of shape (..., n, head_dim) at integer positions (n,); same shape out.
+    """Rotate ``x`` of shape (..., n, head_dim) at positions (n,); same shape out.
 
     Typically x is (b, h, n, head_dim): queries or keys after the head split. The angles are
     computed in float64 and cast to ``x.dtype``.
     """
-    if x.dim() < 2:
-        raise ValueError(f"x must have shape (..., n, head_dim), got {tuple(x.shape)}")
-    n, head_dim = x.shape[-2], x.shape[-1]
-    angles = rotary_angles(positions, head_dim, base)
-    if angles.shape[0] != n:
-        raise ValueError(f"positions must have shape (n,) = ({n},) to match x of shape "
-                         f"{tuple(x.shape)}, got {tuple(positions.shape)}")
+    if x.dim() < 2 or x.shape[-1] % 2 != 0 or positions.shape != x.shape[-2:-1]:
+        raise ValueError("rotary needs x of shape (..., n, head_dim) with an even head_dim and positions "
+                         f"of shape (n,), got x {tuple(x.shape)} and positions {tuple(positions.shape)}")
+    angles = rotary_angles(positions, x.shape[-1], base)
     cos = angles.cos().to(device=x.device, dtype=x.dtype)            # (n, head_dim/2)
     sin = angles.sin().to(device=x.device, dtype=x.dtype)
     pairs = rearrange(x, "... n (i r) -> ... n i r", r=2)           # consecutive pairs (x[2i], x[2i+1])
@@ -71,17 +57,17 @@ class RotaryEmbedding(nn.Module):
     """Rotary position embedding for vectors of size ``head_dim`` (no parameters, no cache).
 
     ``forward(x, positions)``: x (b, h, n, head_dim) -- or any (..., n, head_dim) -- and
-    integer positions (n,) -> rotated x, same shape. See :func:`apply_rotary`.
+    positions (n,) -> rotated x, same shape. See :func:`apply_rotary`.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        _check_rotary(head_dim, base)
+        require_rotary_heads(head_dim, heads=1, base=base)   # one head of width head_dim
         self.head_dim = head_dim
         self.base = base
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        if x.dim() < 2 or x.shape[-1] != self.head_dim:
+        if x.shape[-1] != self.head_dim:
             raise ValueError(f"x must have shape (..., n, head_dim={self.head_dim}), got {tuple(x.shape)}")
         return apply_rotary(x, positions, self.base)
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from mac_minimal.layers import num_parameters
 from mac_minimal.mac_attention import COMBINES, Combine, MACAttention, MACAttentionConfig, mac_mask
 
 B, C, D = 2, 6, 16
@@ -212,8 +213,8 @@ def test_combine_variants():
     torch.testing.assert_close(Combine(D, "sum")(y, m), y + m)
     mlp = Combine(D, "mlp").double()
     torch.testing.assert_close(mlp(y, m), mlp.mlp(torch.cat((y, m), -1)))
-    assert sum(p.numel() for p in mlp.parameters()) == 3 * D * D + 2 * D
-    assert sum(p.numel() for p in Combine(D, "gate").parameters()) == 0
+    assert num_parameters(mlp) == 3 * D * D + 2 * D
+    assert num_parameters(Combine(D, "gate")) == 0
     with pytest.raises(ValueError, match="combine must be one of"):
         Combine(D, "product")
 
@@ -221,30 +222,36 @@ def test_combine_variants():
 def test_without_memory_has_no_memory_parameters():
     with_memory, without = make(), make(use_memory=False)
     assert without.memory is None and without.combine is None
-    extra = sum(p.numel() for p in with_memory.memory.parameters()) + with_memory.memory_scale.numel()
-    assert sum(p.numel() for p in with_memory.parameters()) - sum(p.numel() for p in without.parameters()) == extra
+    extra = num_parameters(with_memory.memory) + with_memory.memory_scale.numel()
+    assert num_parameters(with_memory) - num_parameters(without) == extra
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="even integer"):
+    """Checked once, in the config and at the layer's entry; each message says what was expected
+    and what was given."""
+    with pytest.raises(ValueError, match=r"even.*dim=12, heads=4"):
         MACAttentionConfig(dim=12, heads=4)
-    with pytest.raises(ValueError, match="segment_len must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"segment_len.*int >= 1.*0"):
         MACAttentionConfig(segment_len=0)
-    with pytest.raises(ValueError, match="combine must be one of"):
+    with pytest.raises(ValueError, match=r"num_persistent.*int >= 0.*-2"):
+        MACAttentionConfig(num_persistent=-2)
+    with pytest.raises(ValueError, match=r"base.*> 1.*1\.0"):
+        MACAttentionConfig(rotary_base=1.0)
+    with pytest.raises(ValueError, match=r"combine.*'sum'.*'concat'"):
         MACAttentionConfig(combine="concat")
-    with pytest.raises(TypeError, match="MACAttentionConfig"):
+    with pytest.raises(TypeError, match=r"MACAttentionConfig.*dict"):
         MACAttention({"dim": 4})
     attn = make()
-    with pytest.raises(ValueError, match=r"shape \(b, c, d=16\)"):
+    with pytest.raises(ValueError, match=r"d=16.*\(2, 3, 8\)"):
         attn(torch.zeros(2, 3, 8, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"shape \(b, c, d=16\)"):
+    with pytest.raises(ValueError, match=r"d=16.*\(3, 16\)"):
         attn(torch.zeros(3, 16, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"1 .. 6 tokens"):
+    with pytest.raises(ValueError, match=r"1 .. 6 tokens.*7"):
         attn(torch.zeros(2, 7, D, dtype=torch.float64))
     _, state = attn(inputs()[:, :4])
-    with pytest.raises(ValueError, match=r"1 .. 2 tokens \(segment_len=6, 4 already"):
+    with pytest.raises(ValueError, match=r"1 .. 2 tokens.*segment_len=6.*4 already.*3"):
         attn(inputs()[:, :3], state)
-    with pytest.raises(ValueError, match="batch size 1 but the state holds 2"):
+    with pytest.raises(ValueError, match=r"batch size 1.*2"):
         attn(inputs()[:1, :1], state)
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mac_minimal.layers import num_parameters
 from mac_minimal.mac_attention import COMBINES
 from mac_minimal.model import MACConfig, MACState, MACTransformer, state_nbytes
 
@@ -82,10 +83,10 @@ def test_every_parameter_gets_a_gradient(use_memory, combine):
 
 def test_parameter_count_without_memory():
     with_memory, without = make(True), make(False)
-    memory = sum(p.numel() for block in with_memory.blocks
-                 for p in (*block.attn.memory.parameters(), block.attn.memory_scale))
+    memory = sum(num_parameters(block.attn.memory) + block.attn.memory_scale.numel()
+                 for block in with_memory.blocks)
     assert with_memory.num_parameters() - without.num_parameters() == memory
-    assert without.num_parameters() == sum(p.numel() for p in without.parameters())
+    assert without.num_parameters() == num_parameters(without)
 
 
 def test_state_size_is_bounded():
@@ -119,46 +120,49 @@ def test_generate():
 
 def test_generate_errors():
     model = make()
-    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
+    with pytest.raises(ValueError, match=r"max_new_tokens.*int >= 0.*-1"):
         model.generate(tokens(3), -1)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match=r"temperature.*>= 0.*-1\.0"):
         model.generate(tokens(3), 2, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_k must be None or an int >= 1"):
+    with pytest.raises(ValueError, match=r"top_k.*int >= 1.*0"):
         model.generate(tokens(3), 2, top_k=0)
 
 
 def test_input_errors():
+    """Each message says what was expected and what was given."""
     model = make()
-    with pytest.raises(TypeError, match="dtype torch.int64, got torch.float32"):
+    with pytest.raises(TypeError, match=r"int64.*float32"):
         model(torch.zeros(2, 3))
-    with pytest.raises(TypeError, match="dtype torch.int64, got torch.int32"):
+    with pytest.raises(TypeError, match=r"int64.*int32"):
         model(torch.zeros(2, 3, dtype=torch.int32))
-    with pytest.raises(TypeError, match="torch.Tensor of dtype torch.int64, got list"):
+    with pytest.raises(TypeError, match=r"int64.*list"):
         model([[1, 2]])
-    with pytest.raises(IndexError, match=r"\[0, vocab_size=16\), got ids in \[0, 16\]"):
+    with pytest.raises(IndexError, match=r"vocab_size=16.*\[0, 16\]"):
         model(torch.tensor([[0, 16]]))
-    with pytest.raises(IndexError, match=r"got ids in \[-1, 3\]"):
+    with pytest.raises(IndexError, match=r"vocab_size=16.*\[-1, 3\]"):
         model(torch.tensor([[-1, 3]]))
-    with pytest.raises(ValueError, match=r"at least one token.*got \(2, 0\)"):
+    with pytest.raises(ValueError, match=r"\(b, n\).*>= 1.*\(2, 0\)"):
         model(torch.zeros(2, 0, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"shape \(b, n\), got rank 1"):
+    with pytest.raises(ValueError, match=r"\(b, n\).*\(5,\)"):
         model(torch.zeros(5, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"shape \(b, n\), got rank 3"):
+    with pytest.raises(ValueError, match=r"\(b, n\).*\(1, 2, 3\)"):
         model(torch.zeros(1, 2, 3, dtype=torch.int64))
     _, state = model(tokens(3))
-    with pytest.raises(ValueError, match="batch size 1 but the state was built for batch size 2"):
+    with pytest.raises(ValueError, match=r"batch size 1.*batch size 2"):
         model(tokens(3, b=1), state)
-    with pytest.raises(ValueError, match="MACState with 2 layer states"):
+    with pytest.raises(ValueError, match=r"MACState.*2 layer states"):
         model(tokens(3), state.layers[0])
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="segment_len must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"segment_len.*int >= 1.*0"):
         MACConfig(segment_len=0)
-    with pytest.raises(ValueError, match="combine must be one of"):
+    with pytest.raises(ValueError, match=r"combine.*'sum'.*'product'"):
         MACConfig(combine="product")
-    with pytest.raises(ValueError, match="depth must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"depth.*int >= 1.*0"):
         MACConfig(depth=0)
-    with pytest.raises(TypeError, match="MACConfig"):
+    with pytest.raises(ValueError, match=r"num_persistent.*int >= 0.*-1"):
+        MACConfig(num_persistent=-1)
+    with pytest.raises(TypeError, match=r"MACConfig.*object"):
         MACTransformer(object())
     assert MACTransformer().config == MACConfig()

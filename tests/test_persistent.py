@@ -58,9 +58,12 @@ def loop_reference(layer: PersistentAttention, x: torch.Tensor, positions: torch
     return layer.to_out(out.transpose(1, 2).reshape(b, n, d))
 
 
-def grads(layer, out, x, g):
-    params = [p for p in layer.parameters()]
-    return torch.autograd.grad(out, [x, *params], g)
+def assert_equal_with_gradients(layer, out, ref, x):
+    """out == ref, and so are their gradients with respect to x and every parameter of layer."""
+    assert_close(out, ref, **TIGHT)
+    g, wrt = torch.randn_like(out), [x, *layer.parameters()]
+    for a, r in zip(torch.autograd.grad(out, wrt, g), torch.autograd.grad(ref, wrt, g)):
+        assert_close(a, r, **TIGHT)
 
 
 # --- the mask -----------------------------------------------------------------------------------
@@ -106,44 +109,35 @@ def test_prepended_tokens_shape_and_content():
     assert torch.equal(y[:, :3], pt.tokens.expand(2, -1, -1)) and torch.equal(y[:, 3:], x)
 
 
-def test_storage_errors():
-    pkv = PersistentKV(heads=2, num_persistent=3, head_dim=4)
-    with pytest.raises(ValueError, match=r"k must have shape \(b, h=2, n, head_dim=4\)"):
-        pkv.prepend(torch.randn(1, 3, 5, 4), torch.randn(1, 3, 5, 4))
-    with pytest.raises(ValueError, match=r"v must have shape"):
-        pkv.prepend(torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 6))
-    with pytest.raises(ValueError, match="same shape"):
-        pkv.prepend(torch.randn(1, 2, 5, 4), torch.randn(2, 2, 5, 4))
-    with pytest.raises(ValueError, match="num_persistent >= 0"):
-        PersistentKV(2, -1, 4)
-    with pytest.raises(ValueError, match=r"x must have shape \(b, n, d=8\)"):
-        PrependedPersistentTokens(3, 8)(torch.randn(2, 5, 6))
-
+# --- errors: checked once, in the configs and at the layer's entry; each message names the field,
+# what it must be and what it got ---------------------------------------------------------------
 
 def test_config_errors():
     assert PersistentMemoryConfig().head_dim * PersistentMemoryConfig().heads == PersistentMemoryConfig().dim
-    with pytest.raises(ValueError, match="divisible by heads"):
+    with pytest.raises(ValueError, match=r"divisible by heads.*dim=10, heads=4"):
         PersistentMemoryConfig(dim=10, heads=4)
-    with pytest.raises(ValueError, match="num_persistent must be >= 0"):
+    with pytest.raises(ValueError, match=r"num_persistent.*>= 0.*-1"):
         PersistentMemoryConfig(num_persistent=-1)
-    with pytest.raises(ValueError, match=r"even integer \(rotary\), got dim=12, heads=4"):
+    with pytest.raises(ValueError, match=r"heads.*>= 1.*0"):
+        PersistentMemoryConfig(heads=0)
+    with pytest.raises(ValueError, match=r"even.*rotary.*dim=12, heads=4"):
         PersistentAttentionConfig(dim=12, heads=4)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match=r"base.*> 1.*0\.5"):
+        PersistentAttentionConfig(rotary_base=0.5)
+    with pytest.raises(ValueError, match=r"mode.*'kv'.*'prefix'"):
         PersistentAttentionConfig(mode="prefix")
-    with pytest.raises(TypeError, match="PersistentAttentionConfig"):
+    with pytest.raises(TypeError, match=r"PersistentAttentionConfig.*PersistentMemoryConfig"):
         PersistentAttention(PersistentMemoryConfig())
 
 
 def test_layer_input_errors():
     layer = PersistentAttention(PersistentAttentionConfig())
-    with pytest.raises(ValueError, match=r"x must have shape \(b, n, d=32\)"):
+    with pytest.raises(ValueError, match=r"x.*d=32.*\(2, 5, 16\)"):
         layer(torch.randn(2, 5, 16))
-    with pytest.raises(ValueError, match=r"x must have shape"):
+    with pytest.raises(ValueError, match=r"x.*d=32.*\(5, 32\)"):
         layer(torch.randn(5, 32))
-    with pytest.raises(ValueError, match=r"positions must be an integer tensor of shape \(n,\) = \(5,\)"):
+    with pytest.raises(ValueError, match=r"positions.*\(5,\).*\(4,\)"):
         layer(torch.randn(2, 5, 32), torch.arange(4))
-    with pytest.raises(TypeError, match="integer dtype"):
-        layer(torch.randn(2, 5, 32), torch.arange(5.0))
 
 
 # --- the layer ----------------------------------------------------------------------------------
@@ -153,12 +147,9 @@ def test_layer_equals_loop_reference_with_gradients(mode):
     layer = make_layer(mode)
     x = torch.randn(2, 6, 16, dtype=DT, requires_grad=True)
     pos = torch.arange(6) + 3
-    y, ref = layer(x, pos), loop_reference(layer, x, pos)
+    y = layer(x, pos)
     assert y.shape == (2, 6, 16)
-    assert_close(y, ref, **TIGHT)
-    g = torch.randn_like(y)
-    for a, r in zip(grads(layer, y, x, g), grads(layer, ref, x, g)):
-        assert_close(a, r, **TIGHT)
+    assert_equal_with_gradients(layer, y, loop_reference(layer, x, pos), x)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -170,11 +161,7 @@ def test_sdpa_output_equals_explicit_weights_times_values(mode):
     assert_close(w.sum(-1), torch.ones(2, 2, 5, dtype=DT), **TIGHT)
     _, _, v = layer.qkv(x)
     explicit = layer.to_out((w @ v).transpose(1, 2).reshape(2, 5, 16))
-    y = layer(x)
-    assert_close(y, explicit, **TIGHT)
-    g = torch.randn_like(y)
-    for a, r in zip(grads(layer, y, x, g), grads(layer, explicit, x, g)):
-        assert_close(a, r, **TIGHT)
+    assert_equal_with_gradients(layer, layer(x), explicit, x)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -145,17 +145,18 @@ def test_gradients_match_finite_differences():
 
 def test_clear_errors():
     block = make_block(dim=8)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, seq, dim=8\), got \(5, 8\)"):
+    """Each message says what was expected and what was given."""
+    with pytest.raises(ValueError, match=r"x.*dim=8.*\(5, 8\)"):
         block(torch.zeros(5, 8, dtype=F64))
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, seq, dim=8\), got \(1, 5, 6\)"):
+    with pytest.raises(ValueError, match=r"x.*dim=8.*\(1, 5, 6\)"):
         block(torch.zeros(1, 5, 6, dtype=F64))
-    with pytest.raises(ValueError, match="at least one step"):
+    with pytest.raises(ValueError, match=r"at least one step.*\(1, 0, 8\)"):
         block(torch.zeros(1, 0, 8, dtype=F64))
     _, state = block(torch.zeros(2, 3, 8, dtype=F64))
     assert isinstance(state, MMRecState)
-    with pytest.raises(ValueError, match=r"state.h must have shape \(batch=3, dim=8\) to match x, got \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"state.h.*batch=3, dim=8.*\(2, 8\)"):
         block(torch.zeros(3, 1, 8, dtype=F64), state)
-    with pytest.raises(ValueError, match="ffn_mult must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"ffn_mult.*int >= 1.*0"):
         MMRecConfig(ffn_mult=0)
-    with pytest.raises(ValueError, match=r"long_write_rate must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"long_write_rate.*\(0, 1\].*1\.5"):
         MMRecConfig(long_write_rate=1.5)

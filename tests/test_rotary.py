@@ -93,19 +93,18 @@ def test_module_equals_function_and_keeps_dtype():
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="even head_dim"):
+    """Each message says what rotary needs and what it was given."""
+    with pytest.raises(ValueError, match=r"even.*dim=7"):
         RotaryEmbedding(7)
-    with pytest.raises(ValueError, match="even head_dim"):
-        apply_rotary(torch.randn(3, 5), torch.arange(3))
-    with pytest.raises(ValueError, match="base must be > 1"):
+    with pytest.raises(ValueError, match=r"base.*> 1.*1\.0"):
         RotaryEmbedding(8, base=1.0)
-    with pytest.raises(ValueError, match=r"head_dim=8"):
+    with pytest.raises(ValueError, match=r"head_dim=8.*\(2, 3, 4, 6\)"):
         RotaryEmbedding(8)(torch.randn(2, 3, 4, 6), torch.arange(4))
-    with pytest.raises(ValueError, match=r"positions must have shape \(n,\) = \(4,\)"):
+    with pytest.raises(ValueError, match=r"even head_dim.*\(3, 5\)"):
+        apply_rotary(torch.randn(3, 5), torch.arange(3))
+    with pytest.raises(ValueError, match=r"positions of shape \(n,\).*\(2, 4, 8\).*\(5,\)"):
         apply_rotary(torch.randn(2, 4, 8), torch.arange(5))
-    with pytest.raises(ValueError, match="1-D integer tensor"):
+    with pytest.raises(ValueError, match=r"positions of shape \(n,\).*\(1, 4\)"):
         apply_rotary(torch.randn(2, 4, 8), torch.arange(4)[None])
-    with pytest.raises(TypeError, match="integer dtype"):
-        apply_rotary(torch.randn(2, 4, 8), torch.arange(4.0))
-    with pytest.raises(ValueError, match=r"\(\.\.\., n, head_dim\)"):
+    with pytest.raises(ValueError, match=r"\(\.\.\., n, head_dim\).*\(8,\)"):
         apply_rotary(torch.randn(8), torch.arange(1))
