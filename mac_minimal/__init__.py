@@ -13,6 +13,7 @@ Each module backs one chapter of the book in ``book/``:
  4      ``neural_memory``        an MLP written by gradient descent at test time
  4      ``dual_form``            the same write-and-read without per-token weights
  5      ``rotary``               rotary position embedding
+ 5      ``attention``            heads, masked attention, the weights written out (chapters 5-8)
  5      ``persistent``           learned persistent keys/values (attention sinks)
  6      ``mac_attention``        Titans eqs. 21-25 for one segment, causally
  7      ``segmentation``         splitting a sequence into segments
@@ -30,7 +31,8 @@ Each module backs one chapter of the book in ``book/``:
  -      ``notebook``             ``setup_notebook()``: determinism for nbval
  -      ``diagrams``             pictures of the machine, drawn from code (chapters 2, 6, 7)
  -      ``plots``                one log-log helper for the benchmark figures (chapters 3, 4, 7)
- -      ``checks``               the shared "positive int" input check
+ -      ``layers``               the feed-forward block and the one parameter count
+ -      ``checks``               the shared input checks (sizes, rotary heads, token ids)
 =====  =======================  ==================================================
 
 Nothing runs at import time.

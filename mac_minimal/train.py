@@ -53,6 +53,7 @@ from mac_minimal.checkpoint import (CheckpointError, checkpoint_contents, load_c
                                     save_checkpoint)
 from mac_minimal.data import Batch
 from mac_minimal.evaluation import compute_loss, evaluate
+from mac_minimal.layers import num_parameters
 from mac_minimal.metrics import start_metrics, write_metrics
 from mac_minimal.runtime import (Runtime, average_over_processes, close_runtime, data_parallel, device_name,
                                  gather_objects, parameter_spread, peak_memory_bytes, reset_peak_memory,
@@ -140,7 +141,7 @@ def start_run(cfg: TrainConfig, runtime: Runtime) -> tuple[Run, int]:
                        model, optimizer, scheduler, generator, runtime)
     trained = data_parallel(model, runtime)
     if runtime.is_main:
-        parameters = sum(p.numel() for p in model.parameters())
+        parameters = num_parameters(model)
         reference = count_parameters(REFERENCE_MODEL, cfg, data.vocab_size, cfg.dim)
         print(f"{cfg.model}: {parameters:,} parameters (dim {config.dim}; "
               f"{REFERENCE_MODEL} reference {reference:,}) on {device_name(runtime.device)}"

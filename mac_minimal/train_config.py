@@ -23,6 +23,7 @@ from torch import nn
 
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
 from mac_minimal.data import RecallTask, recall_distance_range
+from mac_minimal.layers import num_parameters
 from mac_minimal.model import MACConfig, MACTransformer
 
 __all__ = ["TrainConfig", "TASKS", "MODELS", "REFERENCE_MODEL", "count_parameters", "model_config", "build_model"]
@@ -153,7 +154,7 @@ def count_parameters(name: str, cfg: TrainConfig, vocab_size: int, dim: int) -> 
     """Parameters of model ``name`` at width ``dim``, counted on the meta device (no memory used)."""
     builder, cls = MODELS[name]
     with torch.device("meta"):
-        return sum(p.numel() for p in cls(builder(cfg, vocab_size, dim)).parameters())
+        return num_parameters(cls(builder(cfg, vocab_size, dim)))
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> Any:
