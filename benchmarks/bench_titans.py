@@ -73,7 +73,6 @@ def enter_venv() -> None:
 if __name__ == "__main__":   # before the imports below, which need the venv (not in spawned children)
     enter_venv()
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib.metadata  # noqa: E402
 import time  # noqa: E402
@@ -83,7 +82,7 @@ from titans_pytorch import MemoryAsContextTransformer, MemoryMLP  # noqa: E402
 from titans_pytorch import NeuralMemory as TitansNeuralMemory  # noqa: E402
 
 from common import (RESULTS, environment, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
-                    training_step, save_results)
+                    training_step, save_results, parse_benchmark_args)
 from mac_minimal.model import MACConfig, MACTransformer  # noqa: E402
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig  # noqa: E402
 
@@ -207,13 +206,7 @@ def _describe(row: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per implementation (median; >= 5)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help=f"JSON output (default {OUT.relative_to(ROOT)}; --smoke: none)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_benchmark_args(__doc__, OUT, repeats=5, what="timed calls per implementation")
     start = time.perf_counter()
     params = {impl: parameter_counts(impl) for impl in IMPLS}
     gap = params["titans"]["trained"] / params["ours"]["trained"] - 1

@@ -28,14 +28,12 @@ Linux). Writes ``book/results/training_step_benchmark.json``.
     .venv/bin/python benchmarks/bench_training_step.py --smoke    # tiny sizes, seconds; writes nothing
 """
 
-import argparse
 import dataclasses
-import pathlib
 import time
 
 import torch
 
-from common import RESULTS, environment, median_seconds, step_memory_bytes, training_step, save_results
+from common import RESULTS, environment, median_seconds, step_memory_bytes, training_step, save_results, parse_benchmark_args
 from mac_minimal.model import MACConfig, MACTransformer
 
 OUT = RESULTS / "training_step_benchmark.json"
@@ -106,13 +104,7 @@ def _mib(nbytes: int | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed steps per kind (median; >= 5)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help=f"JSON output (default {OUT.relative_to(RESULTS.parents[1])}; --smoke: none)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = parse_benchmark_args(__doc__, OUT, repeats=7, what="timed steps per kind")
     start = time.perf_counter()
     settings = {name: s | (SMOKE_SETTINGS[name] if args.smoke else {}) for name, s in SETTINGS.items()}
     scaling = SCALING | (SMOKE_SCALING if args.smoke else {})

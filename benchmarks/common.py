@@ -17,6 +17,7 @@ Used as a module of the scripts next to it (``python benchmarks/bench_x.py`` put
 ``sys.path``).
 """
 
+import argparse
 import ctypes
 import gc
 import json
@@ -142,3 +143,15 @@ def save_results(payload: dict, out: pathlib.Path | None, default: pathlib.Path,
     if out is not None:
         write_json(out, payload)
     print(f"done in {payload['total_seconds']:.0f} s")
+
+
+def parse_benchmark_args(doc: str, default_out: pathlib.Path, repeats: int, what: str) -> argparse.Namespace:
+    """The flags every timing script shares (``--repeats``, ``--smoke``, ``--out``), parsed; one torch thread."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"{what} (median; >= 5)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help=f"JSON output (default {default_out.relative_to(RESULTS.parents[1])}; --smoke: none)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    return args
