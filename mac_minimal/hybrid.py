@@ -57,7 +57,7 @@ def hybrid_forward(block: MMRecBlock, x: Tensor, state: MMRecState | None = None
     Args:
         block: an :class:`MMRecBlock` (its parameters are used as they are).
         x: ``(b, n, d)``.
-        state: as for ``block(x, state)``; None starts from ``block.initial_state``.
+        state: as for ``block(x, state)``; None starts from ``block.init_state``.
 
     Returns:
         ``(y (b, n, d), state after step n - 1)``, equal to ``block(x, state)``.

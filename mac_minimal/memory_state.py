@@ -116,7 +116,8 @@ class MemoryState:
         self.num_writes: dict[str, int] = {"short": 0, "long": 0}
 
     def get_initial_state(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Zero banks for a batch: ``(k_short, v_short, k_long, v_long)``.
+        """Zero banks for a batch: ``(k_short, v_short, k_long, v_long)``. (The MM-Rec design's name for
+        it; the package's modules call the same idea ``init_state``.)
 
         Shapes ``(b, num_short_slots, dim)``, ``(b, num_short_slots, v_dim)``,
         ``(b, num_long_slots, dim)``, ``(b, num_long_slots, v_dim)``.

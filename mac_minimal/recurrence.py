@@ -112,9 +112,10 @@ class MMRecBlock(nn.Module):
         self.ffn_norm = nn.RMSNorm(d)
         self.ffn = FeedForward(d, config.ffn_mult * d)
 
-    def initial_state(self, batch_size: int, *, dtype: torch.dtype = torch.float32,
-                      device: torch.device | str | None = None) -> MMRecState:
-        """``h_0 = 0``, an empty product (ones), empty memory banks, step 0."""
+    def init_state(self, batch_size: int, *, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str | None = None) -> MMRecState:
+        """The state before the first step: ``h_{-1} = 0``, an empty product (ones), empty memory banks,
+        step 0."""
         d = self.config.dim
         return MMRecState(h=torch.zeros(batch_size, d, dtype=dtype, device=device),
                           decay=torch.ones(batch_size, d, dtype=dtype, device=device),
@@ -166,7 +167,7 @@ class MMRecBlock(nn.Module):
         if n < 1:
             raise ValueError(f"x must have at least one step, got shape {tuple(x.shape)}")
         if state is None:
-            return self.initial_state(b, dtype=x.dtype, device=x.device)
+            return self.init_state(b, dtype=x.dtype, device=x.device)
         if state.h.shape != (b, d):
             raise ValueError(f"state.h must have shape (batch={b}, dim={d}) to match x, got {tuple(state.h.shape)}")
         return state

@@ -87,7 +87,7 @@ def test_hybrid_block_shares_the_state_dict():
     hybrid.load_state_dict(block.state_dict())
     x = torch.randn(1, 6, 8, dtype=F64)
     assert_close(hybrid(x)[0], block(x)[0])
-    assert_close(hybrid.step(x[:, 0], hybrid.project(x).at(0), hybrid.initial_state(1, dtype=F64))[0],
+    assert_close(hybrid.step(x[:, 0], hybrid.project(x).at(0), hybrid.init_state(1, dtype=F64))[0],
                  block(x[:, :1])[0][:, 0])
 
 
@@ -98,4 +98,4 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="at least one step"):
         hybrid_forward(block, torch.randn(2, 0, 8, dtype=F64))
     with pytest.raises(ValueError, match=r"state.h must have shape \(batch=3, dim=8\)"):
-        hybrid_forward(block, torch.randn(3, 5, 8, dtype=F64), block.initial_state(2, dtype=F64))
+        hybrid_forward(block, torch.randn(3, 5, 8, dtype=F64), block.init_state(2, dtype=F64))

@@ -70,7 +70,7 @@ def test_short_bank_holds_h_and_long_bank_holds_k_v():
     block = make_block(dim=8, num_short_slots=4, num_long_slots=16, long_write_rate=1.0)
     x = torch.randn(1, 6, 8, dtype=F64)
     proj = block.project(x)
-    state = block.initial_state(1, dtype=F64)
+    state = block.init_state(1, dtype=F64)
     for t in range(6):
         _, state = block.step(x[:, t], proj.at(t), state)
         assert_close(state.memory.get_state_at_step("short", t), (state.h, state.h))
