@@ -67,6 +67,7 @@ CHROMIUM_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND",
 ]
 VIRTUAL_TIME_BUDGET_MS = 20000   # page time Chromium lets pass before it dumps the DOM
+SCREENSHOT_HEIGHT = 4000          # px: deep enough for a chapter's opening and first figure
 CHECKER_TIMEOUT_MS = 15000       # the checker gives up waiting for MathJax after this
 REAL_TIMEOUT_S = 120             # wall-clock limit for one Chromium run
 RESULT_ATTR = "data-rendered-book-check"
@@ -392,10 +393,11 @@ def check_page(chromium: str, page: Path, name: str, profile: Path, width: int) 
 
 
 def screenshot(chromium: str, page: Path, out: Path, profile: Path, width: int) -> bool:
-    """Save a screenshot of the top of the page; True if Chromium wrote it."""
+    """Save a screenshot of the first ``SCREENSHOT_HEIGHT`` pixels of the page (the title, the
+    chapter's opening and its first figures); True if Chromium wrote it."""
     try:
         _run_chromium(chromium, [f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
-                                 f"--window-size={width},2000", f"--screenshot={out}",
+                                 f"--window-size={width},{SCREENSHOT_HEIGHT}", f"--screenshot={out}",
                                  page.as_uri()], profile)
     except subprocess.TimeoutExpired:
         return False
