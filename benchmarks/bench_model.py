@@ -10,25 +10,23 @@ Three ways to run a batch of sequences through the model, all giving the same ki
   on: the sequential segment loop without the memory's work, to separate the two costs.
 
 Two sweeps: sequence length n at a fixed segment length, and segment length at a fixed n.
-Each time is the minimum over repeats (the least disturbed run), in seconds per step; the three
-kinds take turns inside every repeat, so that the ratios survive a shared, busy machine.
+Each time is the median over repeats, in seconds per step (:func:`common.median_seconds`); the
+three kinds take turns inside every repeat, so that the ratios survive a shared, busy machine.
 Results go to ``book/results/model_benchmark.json`` (chapter 7 plots them).
 
     .venv/bin/python benchmarks/bench_model.py          # a few minutes on one CPU thread
 """
 
 import argparse
-import json
-import pathlib
-import platform
-import time
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 
+from common import RESULTS, environment, median_seconds, write_json
 from mac_minimal.model import MACConfig, MACTransformer
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "model_benchmark.json"
+OUT = RESULTS / "model_benchmark.json"
 BASE = dict(vocab_size=256, dim=64, depth=2, heads=4, num_persistent=4, chunk_size=8)
 
 
@@ -50,21 +48,20 @@ KINDS = ("mac", "no_memory_folded", "no_memory_loop")
 
 
 def timed(n: int, segment_len: int, batch_size: int, repeats: int) -> dict[str, float]:
-    """Seconds per step of each kind at one size: the kinds take turns in every repeat, so that a
-    busy moment of the machine hits all of them alike; the minimum over repeats is kept."""
+    """Median seconds per step of each kind at one size, the kinds taking turns in every repeat."""
     torch.manual_seed(0)
     models = {kind: MACTransformer(MACConfig(segment_len=segment_len, use_memory=kind == "mac", **BASE))
               for kind in KINDS}
     tokens = torch.randint(0, BASE["vocab_size"], (batch_size, n + 1))
-    best = dict.fromkeys(KINDS, float("inf"))
-    for repeat in range(repeats + 1):                                  # repeat 0 is a warm-up
-        for kind, model in models.items():
+
+    def job(kind: str, model: MACTransformer):
+        def run() -> None:
             model.zero_grad(set_to_none=True)
-            start = time.perf_counter()
             step(model, tokens, kind == "no_memory_loop")
-            if repeat > 0:
-                best[kind] = min(best[kind], time.perf_counter() - start)
-    return {kind: round(seconds, 5) for kind, seconds in best.items()}
+        return run
+
+    seconds = median_seconds({kind: job(kind, model) for kind, model in models.items()}, repeats)
+    return {kind: round(value, 5) for kind, value in seconds.items()}
 
 
 def main() -> None:
@@ -84,13 +81,11 @@ def main() -> None:
         print(row, flush=True)
     params = {k: MACTransformer(MACConfig(segment_len=16, use_memory=k, **BASE)).num_parameters()
               for k in (True, False)}
-    OUT.write_text(json.dumps({
-        "what": "seconds per forward+backward step (min over repeats, kinds interleaved), CPU, 1 thread",
-        "config": BASE, "batch_size": args.batch_size, "repeats": args.repeats,
-        "parameters": {"mac": params[True], "no_memory": params[False]},
-        "torch": torch.__version__, "machine": platform.machine(),
-        "by_length": by_length, "by_segment_len": by_segment}, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    write_json(OUT, {
+        "what": "seconds per forward+backward step (median over repeats, kinds interleaved), CPU, 1 thread",
+        "config": dataclasses.asdict(MACConfig(segment_len=16, **BASE)), "batch_size": args.batch_size,
+        "repeats": args.repeats, "parameters": {"mac": params[True], "no_memory": params[False]},
+        "environment": environment(), "by_length": by_length, "by_segment_len": by_segment})
 
 
 if __name__ == "__main__":
