@@ -155,3 +155,16 @@ def parse_benchmark_args(doc: str, default_out: pathlib.Path, repeats: int, what
     args = parser.parse_args()
     torch.set_num_threads(1)
     return args
+
+
+def set_flags(flags: list[str], **values: object) -> list[str]:
+    """A trainer command line ``flags`` with ``--name value`` set for every ``name=value`` given:
+    replaced in place where the flag is already there, appended where it is not."""
+    flags = list(flags)
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in flags:
+            flags[flags.index(flag) + 1] = str(value)
+        else:
+            flags += [flag, str(value)]
+    return flags

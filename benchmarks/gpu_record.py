@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from common import RESULTS, median_seconds, next_token_loss, training_step, write_json
+from common import RESULTS, median_seconds, next_token_loss, set_flags, training_step, write_json
 from mac_minimal.model import MACConfig, MACTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,28 +51,14 @@ TASKS = {   # distances in tokens: 1/2, 1, 2, 4 and ~8 segments of 32
     "text": ["--task", "lm", "--max-bytes", "4000000", "--seq-len", "512", "--segment-len", "64",
              "--chunk-size", "64", "--batch-size", "32", "--dim", "128", "--steps", "1500", "--eval-every", "250"],
 }
-SMOKE = {"one_fact": ["--seq-len", "32", "--segment-len", "8", "--chunk-size", "8", "--eval-distances", "4,28",
-                      "--dim", "16", "--batch-size", "4"],
-         "four_facts": ["--seq-len", "40", "--segment-len", "8", "--chunk-size", "8", "--eval-distances", "16,24",
-                        "--dim", "16", "--batch-size", "4"],
-         "text": ["--seq-len", "32", "--segment-len", "8", "--chunk-size", "8", "--max-bytes", "20000",
-                  "--dim", "16", "--batch-size", "4"]}
+SMOKE = {"one_fact": dict(seq_len=32, segment_len=8, chunk_size=8, eval_distances="4,28", dim=16, batch_size=4),
+         "four_facts": dict(seq_len=40, segment_len=8, chunk_size=8, eval_distances="16,24", dim=16, batch_size=4),
+         "text": dict(seq_len=32, segment_len=8, chunk_size=8, max_bytes=20000, dim=16, batch_size=4)}
 MODELS = ("mac", "mac_no_memory", "full_attention")
 
 
-def with_flags(flags: list[str], extra: list[str]) -> list[str]:
-    """``flags`` with every ``--name value`` pair of ``extra`` replacing or adding to it."""
-    flags = list(flags)
-    for name, value in zip(extra[::2], extra[1::2]):
-        if name in flags:
-            flags[flags.index(name) + 1] = value
-        else:
-            flags += [name, value]
-    return flags
-
-
 def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: float) -> dict:
-    flags = with_flags(TASKS[task], SMOKE[task] + ["--steps", "6", "--eval-every", "3"]) if smoke else TASKS[task]
+    flags = set_flags(TASKS[task], **SMOKE[task], steps=6, eval_every=3) if smoke else TASKS[task]
     run_dir = out / "runs" / f"{model}-{task}"
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "mac_minimal.train", "--model", model, *COMMON, *flags, "--out", str(run_dir)]

@@ -35,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import set_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "book" / "results" / "trainability"
 RUNS = ROOT / "runs" / "trainability"
@@ -55,14 +57,6 @@ TEXT = ["--task", "lm", "--max-bytes", "1000000", "--seq-len", "128", "--segment
         "--eval-batches", "8", "--dim", "48"]
 
 
-def replace_flags(flags: list[str], **values: object) -> list[str]:
-    """``flags`` with the value after ``--name`` replaced for every ``name=value`` given."""
-    flags = list(flags)
-    for name, value in values.items():
-        flags[flags.index("--" + name.replace("_", "-")) + 1] = str(value)
-    return flags
-
-
 TRAINABLE = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03"]
 VARIANTS = {
     "mac": ONE_FACT + ["--model", "mac", "--memory-scale-init", "none", "--memory-max-lr", "0.1"],
@@ -79,7 +73,7 @@ VARIANTS = {
     "text-mac_no_memory": TEXT + ["--model", "mac_no_memory"],
     # two attempts to close the text gap: a smaller memory step, and memory chunks of 8 (fresher weights)
     "text-scale0-lr0.01": TEXT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.01"],
-    "text-chunk8": replace_flags(TEXT, chunk_size=8) + TRAINABLE,
+    "text-chunk8": set_flags(TEXT, chunk_size=8) + TRAINABLE,
 }
 
 
@@ -89,7 +83,7 @@ def run_name(name: str, seed: int, steps: int | None) -> str:
 
 def command(name: str, seed: int, steps: int | None = None) -> list[str]:
     out = RUNS.relative_to(ROOT) / run_name(name, seed, steps)
-    flags = VARIANTS[name] if steps is None else replace_flags(VARIANTS[name], steps=steps,
+    flags = VARIANTS[name] if steps is None else set_flags(VARIANTS[name], steps=steps,
                                                                 eval_every=steps // 6)
     return [sys.executable, "-m", "mac_minimal.train", *COMMON, *flags, "--seed", str(seed),
             "--out", str(out)]

@@ -1,6 +1,6 @@
 """Chapter 3: the "hybrid" MM-Rec block -- scan what can be scanned, loop the rest.
 
-Seed 000's future work: "keep Associative Scan parallel, make only MDI sequential". Of
+The MM-Rec design's future work: "keep Associative Scan parallel, make only MDI sequential". Of
 the nine steps of an MM-Rec step (see :mod:`mac_minimal.recurrence`), only the core
 formula reads ``h_{t-1}`` through a non-linearity,
 

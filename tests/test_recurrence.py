@@ -15,7 +15,7 @@ def make_block(**kw) -> MMRecBlock:
 
 
 def reference(block: MMRecBlock, x: torch.Tensor) -> torch.Tensor:
-    """Seed 000's nine steps written out with the raw weights, one token at a time."""
+    """The MM-Rec design's nine steps written out with the raw weights, one token at a time."""
     cfg = block.config
     b, n, d = x.shape
     s_short, s_long, r = cfg.num_short_slots, cfg.num_long_slots, cfg.long_write_rate
