@@ -36,6 +36,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from mac_minimal.train_config import TrainConfig, build_model
+
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
 
 Job = Callable[[], object]
@@ -168,3 +170,13 @@ def set_flags(flags: list[str], **values: object) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+def load_recall_run(run: pathlib.Path) -> tuple[torch.nn.Module, TrainConfig, int]:
+    """The model a recall run of the trainer left in ``run/checkpoint.pt`` (CPU, eval mode), the
+    run's :class:`~mac_minimal.train_config.TrainConfig` and the step the checkpoint was saved at."""
+    payload = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = TrainConfig(**payload["train_config"])
+    model, _ = build_model(cfg, cfg.recall_task.vocab_size)
+    model.load_state_dict(payload["model"])
+    return model.eval(), cfg, payload["step"]

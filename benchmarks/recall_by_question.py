@@ -18,9 +18,8 @@ import pathlib
 
 import torch
 
-from common import RESULTS, write_json
+from common import RESULTS, load_recall_run, write_json
 from mac_minimal.data import TOKENS_PER_FACT, recall_batch
-from mac_minimal.train_config import TrainConfig, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "trainability"
@@ -30,11 +29,7 @@ DEFAULT = [f"four-{variant}-s{seed}" for variant in ("scale0-lr0.03", "mac_no_me
 
 @torch.no_grad()
 def by_question(run: pathlib.Path, batch_size: int) -> dict:
-    payload = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    cfg = TrainConfig(**payload["train_config"])
-    model, _ = build_model(cfg, cfg.recall_task.vocab_size)
-    model.load_state_dict(payload["model"])
-    model.eval()
+    model, cfg, step = load_recall_run(run)
     n, f = cfg.seq_len, cfg.num_facts
     per_distance = {}
     for distance in cfg.eval_distances:
@@ -49,7 +44,7 @@ def by_question(run: pathlib.Path, batch_size: int) -> dict:
             "accuracy_by_question": [float((answer[:, t] == batch.targets[:, t]).float().mean()) for t in slots],
             "a_stored_value": float(torch.stack([(answer[:, t, None] == stored).any(-1) for t in slots])
                                     .float().mean())}
-    return {"run": run.name, "model": payload["model_name"], "step": payload["step"], "by_distance": per_distance}
+    return {"run": run.name, "model": cfg.model, "step": step, "by_distance": per_distance}
 
 
 def main() -> None:

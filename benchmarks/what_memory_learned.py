@@ -31,25 +31,16 @@ import sys
 
 import torch
 
-from common import RESULTS, environment, write_json
+from common import RESULTS, environment, load_recall_run, write_json
 from mac_minimal.data import KEY, QUERY, VALUE, TOKENS_PER_FACT, RecallTask, recall_batch, recall_distance_range
 from mac_minimal.evaluation import evaluate_recall
-from mac_minimal.model import MACConfig, MACTransformer
+from mac_minimal.model import MACTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_RUN = ROOT / "runs" / "trainability" / "scale0-lr0.03-s0-2500steps"
 MARKERS = {KEY: "KEY", VALUE: "VALUE", QUERY: "QUERY"}
 TOKEN_TYPES = ("fact KEY", "fact key", "fact VALUE", "fact value", "query QUERY", "query key",
                "query VALUE", "filler")
-
-
-def load(run: pathlib.Path) -> tuple[MACTransformer, dict]:
-    payload = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    if payload["model_name"] != "mac":
-        raise SystemExit(f"{run} holds a {payload['model_name']!r} model, not mac")
-    model = MACTransformer(MACConfig(**payload["model_config"]))
-    model.load_state_dict(payload["model"])
-    return model.eval(), payload["train_config"]
 
 
 def token_types(inputs: torch.Tensor, num_facts: int, task: RecallTask) -> list[list[str]]:
@@ -126,10 +117,10 @@ def ablated(model: MACTransformer, kind: str):
 @torch.no_grad()
 def rates_by_token(model: MACTransformer, cfg: dict, task: RecallTask, distance: int) -> dict:
     generator = torch.Generator().manual_seed(1234)
-    batch = recall_batch(64, cfg["seq_len"], distance, cfg["num_facts"], generator, task)
+    batch = recall_batch(64, cfg.seq_len, distance, cfg.num_facts, generator, task)
     with recorded(model) as calls:
         model(batch.inputs)
-    kinds = token_types(batch.inputs, cfg["num_facts"], task)
+    kinds = token_types(batch.inputs, cfg.num_facts, task)
     flat_kinds = [k for row in kinds for k in row]
     result = {"distance": distance, "tokens": kinds[0], "layers": []}
     for layer, block in enumerate(model.blocks):
@@ -149,7 +140,7 @@ def rates_by_token(model: MACTransformer, cfg: dict, task: RecallTask, distance:
 @torch.no_grad()
 def reads(model: MACTransformer, cfg: dict, task: RecallTask, distances: list[int], mapped: set[int]) -> dict:
     """Attention shares at the answer, attention maps, retrieval errors; one batch per distance."""
-    n, f, P = cfg["seq_len"], cfg["num_facts"], model.config.num_persistent
+    n, f, P = cfg.seq_len, cfg.num_facts, model.config.num_persistent
     c = model.config.segment_len
     answer = n - 1                            # the last query's answer: its input is the VALUE marker
     segment_start = answer // c * c
@@ -193,11 +184,13 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "trainability" / "what_memory_learned.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, cfg = load(args.run)
-    task = RecallTask(num_values=cfg["num_values"])
-    distances = cfg["eval_distances"]
-    middle = max(d for d in distances if d <= cfg["seq_len"] // 2)           # the fact mid-stream
-    low, high = recall_distance_range(cfg["seq_len"], cfg["num_facts"])
+    model, cfg, _ = load_recall_run(args.run)
+    if cfg.model != "mac":
+        raise SystemExit(f"{args.run} holds a {cfg.model!r} model, not mac")
+    task = cfg.recall_task
+    distances = cfg.eval_distances
+    middle = max(d for d in distances if d <= cfg.seq_len // 2)           # the fact mid-stream
+    low, high = recall_distance_range(cfg.seq_len, cfg.num_facts)
     more = sorted(set(distances) | {d for d in range(12, high + 1, 8) if d >= low})
     run = args.run.resolve()
     result = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
@@ -207,7 +200,7 @@ def main() -> None:
               "ablations": {}}
     for kind in ("none", "reset", "no_h", "no_m"):
         with (ablated(model, kind) if kind != "none" else contextlib.nullcontext()):
-            evaluation = evaluate_recall(model, distances, cfg["seq_len"], cfg["num_facts"], cfg["batch_size"],
+            evaluation = evaluate_recall(model, distances, cfg.seq_len, cfg.num_facts, cfg.batch_size,
                                          args.eval_batches, task=task)
         result["ablations"][kind] = evaluation["accuracy"]
         print(kind, {d: round(a, 3) for d, a in evaluation["accuracy"].items()}, flush=True)
