@@ -19,11 +19,11 @@ from typing import Callable, Dict, List
 
 import torch
 
-from common import write_json
+from common import RESULTS, write_json
 from mac_minimal.hybrid import hybrid_forward
 from mac_minimal.recurrence import MMRecBlock, MMRecConfig
 
-RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "hybrid_benchmark.json"
+OUT = RESULTS / "hybrid_benchmark.json"
 
 
 def core_loop(block: MMRecBlock, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -26,11 +26,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from common import write_json
+from common import RESULTS, write_json
 from mac_minimal.scan import scan_sequential
 from mac_minimal.scan_kernel import associative_scan, chunked_scan
 
-RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "scan_benchmark.json"
+OUT = RESULTS / "scan_benchmark.json"
 
 
 def torch_builtin_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="repeats per pass at L=4096")
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

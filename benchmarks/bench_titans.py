@@ -82,7 +82,7 @@ from titans_pytorch import MemoryAsContextTransformer, MemoryMLP  # noqa: E402
 from titans_pytorch import NeuralMemory as TitansNeuralMemory  # noqa: E402
 
 from common import (RESULTS, environment, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
-                    training_step, save_results, parse_benchmark_args)
+                    training_step, save_results, parse_benchmark_args, TITANS_SIZED_MAC)
 from mac_minimal.model import MACConfig, MACTransformer  # noqa: E402
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig  # noqa: E402
 
@@ -100,8 +100,7 @@ SMOKE_MEMORY_GRID = {"dims": [32], "chunk_sizes": [16], "lengths": [64, 128]}
 # layer at dim 64), so parameters are matched on those that receive a gradient: ours with a
 # wider feed-forward (ffn_mult 8 instead of the book's 4) -> 290,182 vs their 278,292 trained
 # (343,972 in all).
-OURS_MODEL = dict(vocab_size=256, dim=64, depth=2, heads=4, segment_len=64, num_persistent=4,
-                  chunk_size=16, ffn_mult=8)
+OURS_MODEL = TITANS_SIZED_MAC
 TITANS_MODEL = dict(num_tokens=256, dim=64, depth=2, heads=4, dim_head=16, segment_len=64,
                     num_persist_mem_tokens=4, num_longterm_mem_tokens=16, neural_memory_segment_len=16)
 MODEL_LENGTHS = [512, 1024, 2048]

@@ -11,7 +11,11 @@
   kept for backward, gradients and temporaries do.
 * :func:`training_step` builds one training step: forward, next-token cross-entropy, backward,
   AdamW step, ``zero_grad``.
-* :func:`write_json` and :func:`environment`: results with the torch version and the machine.
+* :func:`write_json` and :func:`environment`: results with the torch version and the machine;
+  :func:`save_results` writes a timing script's result (nothing for ``--smoke``), and
+  :func:`parse_benchmark_args` parses the flags those scripts share.
+* :func:`set_flags` edits a trainer command line; :func:`load_recall_run` loads the model a recall
+  run of the trainer left behind; ``TITANS_SIZED_MAC`` is the MAC timed against titans-pytorch.
 
 Used as a module of the scripts next to it (``python benchmarks/bench_x.py`` puts this folder on
 ``sys.path``).
@@ -41,6 +45,15 @@ from mac_minimal.train_config import TrainConfig, build_model
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
 
 Job = Callable[[], object]
+
+# MAC as the paper writes it, on the trainer's command line: eq. (25) without chapter 8's learned
+# scale, and chapter 4's cap on the memory's step size (the defaults are chapter 8's two changes).
+AS_WRITTEN = ["--memory-scale-init", "none", "--memory-max-lr", "0.1"]
+
+# Our MAC at about the trained-parameter count of titans-pytorch's README MAC at width 64 (bench_titans.py
+# explains the match); gpu_record.py times the same model.
+TITANS_SIZED_MAC = dict(vocab_size=256, dim=64, depth=2, heads=4, segment_len=64, num_persistent=4,
+                        chunk_size=16, ffn_mult=8)
 
 
 def median_seconds(jobs: dict[str, Job], repeats: int, warmup: int = 1) -> dict[str, float]:

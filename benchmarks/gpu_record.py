@@ -7,7 +7,8 @@ One script for a CUDA machine, about 8 minutes in all (``--budget-s``):
   with its result). The sizes are those of the CPU runs scaled up: width 64 (text 128), sequences of
   256 tokens in segments of 32, so the evaluation distances reach 8 segments back. Each run gets an
   equal share of the training budget; a run that is not finished by then is stopped and kept with
-  ``"finished": false`` (its metrics up to the last evaluation stand).
+  ``"finished": false`` (its metrics up to the last evaluation stand); so is one that fails (its
+  ``exit_status``).
 * **speed**: the median seconds of a training step (forward, loss, backward, AdamW) of MAC, of MAC
   without memory and, when ``titans_pytorch`` can be imported, of ``titans-pytorch``'s
   ``MemoryAsContextTransformer`` at the size of ``bench_titans.py``, interleaved.
@@ -35,7 +36,7 @@ import time
 
 import torch
 
-from common import RESULTS, median_seconds, next_token_loss, set_flags, training_step, write_json
+from common import RESULTS, TITANS_SIZED_MAC, median_seconds, next_token_loss, set_flags, training_step, write_json
 from mac_minimal.model import MACConfig, MACTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -64,32 +65,34 @@ def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: fl
     cmd = [sys.executable, "-m", "mac_minimal.train", "--model", model, *COMMON, *flags, "--out", str(run_dir)]
     print(" ".join(["python", *cmd[1:]]), flush=True)
     start = time.perf_counter()
-    try:
-        subprocess.run(cmd, cwd=ROOT, check=True, timeout=seconds, stdout=subprocess.DEVNULL)
-        finished = True
+    try:   # a run that fails or overruns is kept as far as it got: the budget is spent either way
+        exit_status = subprocess.run(cmd, cwd=ROOT, timeout=seconds, stdout=subprocess.DEVNULL).returncode
     except subprocess.TimeoutExpired:
-        finished = False
+        exit_status = None
+    finished = exit_status == 0
     wall = time.perf_counter() - start
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    shutil.copy(run_dir / "metrics.jsonl", out / f"{model}-{task}.jsonl")
+    metrics = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    if records:
+        shutil.copy(metrics, out / f"{model}-{task}.jsonl")
     evals = [r for r in records if r["event"] == "eval"]
     final = evals[-1] if evals else {}
-    print(f"  {'done' if finished else 'stopped'} in {wall:.0f} s; last evaluation: "
+    status = "done" if finished else "timed out" if exit_status is None else f"failed (exit {exit_status})"
+    print(f"  {status} in {wall:.0f} s; last evaluation: "
           f"{final.get('accuracy', final.get('bpb'))}", flush=True)
     return {"model": model, "task": task, "command": " ".join(["python", *cmd[1:]]), "finished": finished,
+            "exit_status": exit_status,
             "wall_s": round(wall, 1), "steps": max((r["step"] for r in records if "step" in r), default=0),
-            "final": final.get("accuracy", final.get("bpb")), "device": records[0].get("device")}
+            "final": final.get("accuracy", final.get("bpb")), "device": records[0].get("device") if records else None}
 
 
 def speed(device: torch.device, smoke: bool, repeats: int) -> dict:
     """Median training-step seconds of MAC, MAC without memory and (if importable) titans-pytorch."""
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
     try:
         import bench_titans                              # imports titans_pytorch
         size, titans = bench_titans.OURS_MODEL, bench_titans
     except ImportError as error:
-        size, titans = dict(vocab_size=256, dim=64, depth=2, heads=4, segment_len=64, num_persistent=4,
-                            chunk_size=16, ffn_mult=8), None
+        size, titans = TITANS_SIZED_MAC, None
         print(f"titans-pytorch not importable ({error}); timing ours only", flush=True)
     lengths = [64] if smoke else [1024, 4096]
     rows = []

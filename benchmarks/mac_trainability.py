@@ -35,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import set_flags
+from common import AS_WRITTEN, set_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "book" / "results" / "trainability"
@@ -59,7 +59,7 @@ TEXT = ["--task", "lm", "--max-bytes", "1000000", "--seq-len", "128", "--segment
 
 TRAINABLE = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03"]
 VARIANTS = {
-    "mac": ONE_FACT + ["--model", "mac", "--memory-scale-init", "none", "--memory-max-lr", "0.1"],
+    "mac": ONE_FACT + ["--model", "mac", *AS_WRITTEN],
     "lr0.03": ONE_FACT + ["--model", "mac", "--memory-scale-init", "none", "--memory-max-lr", "0.03"],
     "scale0": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.1"],
     "scale0-lr0.03": ONE_FACT + TRAINABLE,
@@ -83,8 +83,7 @@ def run_name(name: str, seed: int, steps: int | None) -> str:
 
 def command(name: str, seed: int, steps: int | None = None) -> list[str]:
     out = RUNS.relative_to(ROOT) / run_name(name, seed, steps)
-    flags = VARIANTS[name] if steps is None else set_flags(VARIANTS[name], steps=steps,
-                                                                eval_every=steps // 6)
+    flags = VARIANTS[name] if steps is None else set_flags(VARIANTS[name], steps=steps, eval_every=steps // 6)
     return [sys.executable, "-m", "mac_minimal.train", *COMMON, *flags, "--seed", str(seed),
             "--out", str(out)]
 

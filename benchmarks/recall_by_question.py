@@ -7,8 +7,9 @@ the stored values gets ``1/F`` of the others. Only the accuracy on the *first* q
 such a model and 1 for a model that matches keys, measures the matching.
 
 Loads the checkpoint of every run of ``mac_trainability.py`` named on the command line (default: the
-four-fact runs of the three models, and full attention trained three times longer) and writes the accuracy per question slot, and how often the
-answer is one of the stored values at all, to ``book/results/trainability/recall_by_question.json``.
+four-fact runs of the three models, and full attention trained three times longer) and writes the
+accuracy per question slot, and how often the answer is one of the stored values at all, to
+``book/results/trainability/recall_by_question.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/recall_by_question.py
 """
@@ -57,9 +58,10 @@ def main() -> None:
     results = []
     for name in args.runs:
         results.append(by_question(RUNS / name, args.batch_size))
-        first = [d["accuracy_by_question"] for d in results[-1]["by_distance"].values()]
+        by_distance = [d["accuracy_by_question"] for d in results[-1]["by_distance"].values()]
         print(name, "accuracy by question, mean over distances:",
-              [round(sum(q[i] for q in first) / len(first), 3) for i in range(len(first[0]))], flush=True)
+              [round(sum(q[i] for q in by_distance) / len(by_distance), 3) for i in range(len(by_distance[0]))],
+              flush=True)
     write_json(args.out, {"batch_size": args.batch_size, "runs": results})
 
 

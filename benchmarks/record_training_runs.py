@@ -36,14 +36,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import AS_WRITTEN
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "book" / "results" / "training"
 RUNS = ROOT / "runs" / "chapter8"
 MODELS = ("mac", "mac_no_memory", "full_attention")
 
-# MAC as the paper writes it: eq. (25) without chapter 8's learned scale, and the memory's own step cap.
-# These runs predate the trainability settings that are now the defaults (``mac_trainability.py``).
-AS_WRITTEN = ["--memory-scale-init", "none", "--memory-max-lr", "0.1"]
 COMMON = ["--dim", "32", "--depth", "2", "--heads", "4", "--num-persistent", "4", "--lr", "3e-3",
           "--warmup-steps", "20", "--seed", "0", "--device", "cpu", "--no-progress"]
 TASKS = {

@@ -35,6 +35,7 @@ from common import RESULTS, environment, load_recall_run, write_json
 from mac_minimal.data import KEY, QUERY, VALUE, TOKENS_PER_FACT, RecallTask, recall_batch, recall_distance_range
 from mac_minimal.evaluation import evaluate_recall
 from mac_minimal.model import MACTransformer
+from mac_minimal.train_config import TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_RUN = ROOT / "runs" / "trainability" / "scale0-lr0.03-s0-2500steps"
@@ -115,7 +116,7 @@ def ablated(model: MACTransformer, kind: str):
 
 
 @torch.no_grad()
-def rates_by_token(model: MACTransformer, cfg: dict, task: RecallTask, distance: int) -> dict:
+def rates_by_token(model: MACTransformer, cfg: TrainConfig, task: RecallTask, distance: int) -> dict:
     generator = torch.Generator().manual_seed(1234)
     batch = recall_batch(64, cfg.seq_len, distance, cfg.num_facts, generator, task)
     with recorded(model) as calls:
@@ -138,15 +139,15 @@ def rates_by_token(model: MACTransformer, cfg: dict, task: RecallTask, distance:
 
 
 @torch.no_grad()
-def reads(model: MACTransformer, cfg: dict, task: RecallTask, distances: list[int], mapped: set[int]) -> dict:
+def reads(model: MACTransformer, cfg: TrainConfig, task: RecallTask, distances: list[int],
+          mapped: set[int]) -> dict:
     """Attention shares at the answer, attention maps, retrieval errors; one batch per distance."""
     n, f, P = cfg.seq_len, cfg.num_facts, model.config.num_persistent
     c = model.config.segment_len
     answer = n - 1                            # the last query's answer: its input is the VALUE marker
     segment_start = answer // c * c
-    out = {"answer_position": answer, "shares": [], "maps": [], "retrieval_error": []}
-    for layer in range(len(model.blocks)):
-        out["shares"].append({}), out["retrieval_error"].append({})
+    out = {"answer_position": answer, "shares": [{} for _ in model.blocks], "maps": [],
+           "retrieval_error": [{} for _ in model.blocks]}
     for distance in distances:
         generator = torch.Generator().manual_seed(99 + distance)
         batch = recall_batch(64, n, distance, f, generator, task)

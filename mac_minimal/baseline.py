@@ -37,9 +37,9 @@ POSITIONS = ("rotary", "learned")
 class FullAttentionConfig:
     """Size of the full-attention reference.
 
-    ``mlp_hidden`` is the width of each block's MLP (0 means ``4 * dim``); the trainer sets it
-    to bring the parameter count level with the MAC model. ``max_seq_len`` bounds the learned
-    position table and is unused with rotary positions.
+    ``mlp_hidden`` is the width of each block's MLP (0 means ``4 * dim``; the trainer keeps 0 and
+    matches parameter counts by the width ``dim``). ``max_seq_len`` bounds the learned position
+    table and is unused with rotary positions.
     """
 
     vocab_size: int = 256

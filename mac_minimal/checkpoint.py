@@ -64,7 +64,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-
 def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check it holds ``model_name`` with ``config``.
 

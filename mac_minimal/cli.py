@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 2 bad checkpoint, 3 non-finite loss)."""
+    """Command-line entry point; returns the exit status (0 ok, 2 bad argument or checkpoint, 3 non-finite loss)."""
     cfg = parse_args(argv)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda was requested, but torch.cuda.is_available() is False on this machine "

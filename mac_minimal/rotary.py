@@ -54,7 +54,8 @@ def apply_rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding for vectors of size ``head_dim`` (no parameters, no cache).
+    """Rotary position embedding for vectors of size ``head_dim`` (no parameters, no cache): chapter 5's
+    module form of :func:`apply_rotary`, which the package's layers call directly.
 
     ``forward(x, positions)``: x (b, h, n, head_dim) -- or any (..., n, head_dim) -- and
     positions (n,) -> rotated x, same shape. See :func:`apply_rotary`.

@@ -173,7 +173,8 @@ def evaluate_and_save(run: Run, step: int) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) the training described by ``cfg``; returns the last evaluation and step.
+    """Run (or resume) the training described by ``cfg``; returns the last evaluation, the step and
+    ``rank_parameter_spread`` (how far the processes' parameters drifted apart; 0 with one process).
 
     Raises :class:`~mac_minimal.checkpoint.CheckpointError` for a checkpoint that is missing
     (``--resume``), would be overwritten (no ``--resume``), or does not match;

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
+from mac_minimal.checks import require_int, require_positive_int
 from mac_minimal.data import RecallTask, recall_distance_range
 from mac_minimal.layers import num_parameters
 from mac_minimal.model import MACConfig, MACTransformer
@@ -81,8 +82,7 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values",
                      "num_keys"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            require_positive_int(name, getattr(self, name))
         _require_range("lr", self.lr, low=0.0)
         _require_range("memory_max_lr", self.memory_max_lr, low=0.0)
         _require_range("grad_clip", self.grad_clip, low=0.0)
@@ -90,8 +90,7 @@ class TrainConfig:
         _require_range("weight_decay", self.weight_decay, low=0.0, closed=True)
         if self.memory_scale_init is not None:
             _require_range("memory_scale_init", self.memory_scale_init)
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        require_int("warmup_steps", self.warmup_steps, minimum=0)
         _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, segment_len, chunk_size, ...
         if self.task == "recall":
             if self.num_facts > self.num_keys:

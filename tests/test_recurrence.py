@@ -144,8 +144,8 @@ def test_gradients_match_finite_differences():
 
 
 def test_clear_errors():
-    block = make_block(dim=8)
     """Each message says what was expected and what was given."""
+    block = make_block(dim=8)
     with pytest.raises(ValueError, match=r"x.*dim=8.*\(5, 8\)"):
         block(torch.zeros(5, 8, dtype=F64))
     with pytest.raises(ValueError, match=r"x.*dim=8.*\(1, 5, 6\)"):
