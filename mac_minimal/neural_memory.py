@@ -54,7 +54,8 @@ each with leading batch dimensions where the memory is batched."""
 class NeuralMemoryConfig:
     """Hyper-parameters of the neural memory.
 
-    dim: model width d (keys, values, queries and the MLP's input/output).
+    dim: model width d (keys, values, queries and the MLP's input/output). None, inside a MAC
+        layer (:class:`~mac_minimal.mac_attention.MACAttentionConfig`), means the layer's width.
     chunk_size: c, tokens whose gradients are taken at the same weights (eq. 16).
     expansion: hidden width of the MLP is ``expansion * dim`` (4, as in TTT-MLP and titans-pytorch).
     max_lr: the step size ``theta_t`` lies in (0, max_lr).
@@ -62,7 +63,7 @@ class NeuralMemoryConfig:
     ln_eps: epsilon of the layer norm inside the MLP.
     """
 
-    dim: int = 32
+    dim: int | None = None
     chunk_size: int = 4
     expansion: int = 4
     max_lr: float = 0.1
@@ -70,7 +71,9 @@ class NeuralMemoryConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("dim", "chunk_size", "expansion"):
+        if self.dim is not None:
+            require_positive_int("NeuralMemoryConfig.dim", self.dim)
+        for name in ("chunk_size", "expansion"):
             require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
         for name in ("max_lr", "grad_bound", "ln_eps"):
             value = getattr(self, name)
@@ -202,6 +205,9 @@ class NeuralMemory(nn.Module):
 
     def __init__(self, config: NeuralMemoryConfig) -> None:
         super().__init__()
+        if config.dim is None:
+            raise ValueError("NeuralMemoryConfig.dim must be set for a memory of its own "
+                             "(None means 'the width of the MAC layer that holds it')")
         self.config = config
         d, f = config.dim, config.expansion * config.dim
         self.to_q = nn.Linear(d, d, bias=False)
