@@ -1,4 +1,5 @@
-"""The command line of the trainer: ``python -m mac_minimal.train --help``.
+"""The command line of the trainer: ``python -m mac_minimal --help`` (``python -m mac_minimal.train``,
+the spelling of the recorded commands, runs the same).
 
 :func:`parse_args` turns the flags into a :class:`~mac_minimal.train_config.TrainConfig` (one
 flag per field); :func:`main` runs :func:`~mac_minimal.train.train` on it and turns what can go
@@ -12,9 +13,8 @@ import sys
 from dataclasses import fields
 from typing import NoReturn
 
-import torch
-
 from mac_minimal.checkpoint import CheckpointError
+from mac_minimal.runtime import DeviceUnavailableError
 from mac_minimal.train import NonFiniteLossError, train
 from mac_minimal.train_config import MODELS, TASKS, TrainConfig
 
@@ -36,10 +36,10 @@ def float_or_none(text: str) -> float | None:
 
 
 EXAMPLES = """examples:
-  python -m mac_minimal.train --model mac --task recall             # CPU or GPU, whichever there is
-  python -m mac_minimal.train --model full_attention --task lm --data notes.txt
-  python -m mac_minimal.train --model mac --task recall --resume    # continue runs/mac-recall
-  torchrun --nproc_per_node=4 -m mac_minimal.train --model mac --task lm --device cuda
+  python -m mac_minimal --model mac --task recall             # CPU or GPU, whichever there is
+  python -m mac_minimal --model full_attention --task lm --data notes.txt
+  python -m mac_minimal --model mac --task recall --resume    # continue runs/mac-recall
+  torchrun --nproc_per_node=4 -m mac_minimal --model mac --task lm --device cuda
 
 outputs: DIR/checkpoint.pt, DIR/metrics.jsonl (one JSON record per line).
 exit status: 0 done, 2 bad arguments or checkpoint, 3 non-finite loss."""
@@ -70,24 +70,59 @@ def _as_flag(message: str) -> str:
     return message
 
 
+# The flags that take a number, by group: TrainConfig field -> (type, help). The flag is the field's
+# name with dashes (``segment_len`` -> ``--segment-len``), its default the field's; parse_args adds the others.
+MODEL_FLAGS = {
+    "dim": (int, "model width of mac"),
+    "depth": (int, "number of blocks"),
+    "heads": (int, "attention heads"),
+    "segment_len": (int, "MAC attention segment"),
+    "num_persistent": (int, "MAC persistent slots"),
+    "chunk_size": (int, "MAC memory chunk"),
+    "memory_max_lr": (float, "MAC memory: cap of the step size theta_t"),
+}
+TASK_FLAGS = {
+    "max_bytes": (int, "lm: bytes of text to read"),
+    "num_facts": (int, "recall: facts per sequence"),
+    "num_values": (int, "recall: distinct values (chance accuracy = 1 / num_values)"),
+    "num_keys": (int, "recall: distinct keys (>= num_facts)"),
+}
+OPTIMISATION_FLAGS = {
+    "seq_len": (int, "tokens per training sequence"),
+    "batch_size": (int, "sequences per step per process"),
+    "steps": (int, "optimizer steps in total"),
+    "lr": (float, "peak learning rate"),
+    "min_lr_ratio": (float, "final lr / peak lr"),
+    "warmup_steps": (int, "steps of linear lr warmup"),
+    "weight_decay": (float, "AdamW decay (matrices only)"),
+    "grad_clip": (float, "max global gradient norm"),
+    "seed": (int, "weights and data stream"),
+}
+RUN_FLAGS = {
+    "eval_every": (int, "evaluate and checkpoint every N steps"),
+    "eval_batches": (int, "batches per evaluation"),
+    "log_every": (int, "write train metrics every N steps"),
+}
+
+
+def _add_flags(group: argparse._ArgumentGroup, flags: dict[str, tuple[type, str]], defaults: TrainConfig) -> None:
+    """Add to ``group`` one flag per entry of ``flags`` (a table above), defaulting to the field's value in
+    ``defaults``."""
+    for field, (kind, text) in flags.items():
+        group.add_argument("--" + field.replace("_", "-"), type=kind, default=getattr(defaults, field), help=text)
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse the command line into a :class:`TrainConfig`; a bad argument exits with one line, status 2."""
     d = TrainConfig()
     p = _Parser(
-        prog="python -m mac_minimal.train",
+        prog="python -m mac_minimal",
         description="Train MAC, MAC without memory, or a full-attention transformer on long-range "
                     "recall or byte-level language modelling. CPU or GPU; under torchrun, multi-GPU (DDP).",
         epilog=EXAMPLES, formatter_class=_HelpFormatter)
     g = p.add_argument_group("model (the non-mac models get the width that matches mac's parameter count)")
     g.add_argument("--model", choices=list(MODELS), default=d.model)
-    g.add_argument("--dim", type=int, default=d.dim, help="model width of mac")
-    g.add_argument("--depth", type=int, default=d.depth, help="number of blocks")
-    g.add_argument("--heads", type=int, default=d.heads, help="attention heads")
-    g.add_argument("--segment-len", type=int, default=d.segment_len, help="MAC attention segment")
-    g.add_argument("--num-persistent", type=int, default=d.num_persistent, help="MAC persistent slots")
-    g.add_argument("--chunk-size", type=int, default=d.chunk_size, help="MAC memory chunk")
-    g.add_argument("--memory-max-lr", type=float, default=d.memory_max_lr,
-                   help="MAC memory: cap of the step size theta_t")
+    _add_flags(g, MODEL_FLAGS, d)
     g.add_argument("--memory-scale-init", type=float_or_none, default=d.memory_scale_init,
                    help="MAC: a learned scalar on the memory term of eq. 25, initialised to this; "
                         "none: no scale, o = y + M(y)")
@@ -95,32 +130,17 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--task", choices=TASKS, default=d.task)
     g.add_argument("--data", default=d.data, metavar="PATH",
                    help="lm: a text file (default: the Python standard library's sources)")
-    g.add_argument("--max-bytes", type=int, default=d.max_bytes, help="lm: bytes of text to read")
-    g.add_argument("--num-facts", type=int, default=d.num_facts, help="recall: facts per sequence")
-    g.add_argument("--num-values", type=int, default=d.num_values,
-                   help="recall: distinct values (chance accuracy = 1 / num_values)")
-    g.add_argument("--num-keys", type=int, default=d.num_keys, help="recall: distinct keys (>= num_facts)")
+    _add_flags(g, TASK_FLAGS, d)
     g.add_argument("--eval-distances", type=int_list, default=d.eval_distances,
                    metavar="D1,D2,...", help="recall: distances to evaluate (default: 5 across the range)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per training sequence")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step per process")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in total")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final lr / peak lr")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="steps of linear lr warmup")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay (matrices only)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max global gradient norm")
-    g.add_argument("--seed", type=int, default=d.seed, help="weights and data stream")
+    _add_flags(p.add_argument_group("optimisation"), OPTIMISATION_FLAGS, d)
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: cuda if available")
     g.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/MODEL-TASK)")
     g.add_argument("--resume", action="store_true",
                    help="continue from DIR/checkpoint.pt (the model flags must match it; the others are "
                         "taken from this command line, so --steps can extend a run)")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate and checkpoint every N steps")
-    g.add_argument("--eval-batches", type=int, default=d.eval_batches, help="batches per evaluation")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="write train metrics every N steps")
+    _add_flags(g, RUN_FLAGS, d)
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
@@ -128,19 +148,21 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         p.error(_as_flag(str(error)))
 
 
+def _fail(error: Exception, status: int) -> int:
+    """Print ``error`` as one line on stderr; return ``status``."""
+    print(f"error: {error}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad argument or checkpoint, 3 non-finite loss)."""
     cfg = parse_args(argv)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda was requested, but torch.cuda.is_available() is False on this machine "
-              "(use --device cpu or auto)", file=sys.stderr)
-        return EXIT_BAD_ARGUMENTS
     try:
         train(cfg)
+    except DeviceUnavailableError as error:         # --device cuda on a machine without CUDA
+        return _fail(error, EXIT_BAD_ARGUMENTS)
     except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_CHECKPOINT
+        return _fail(error, EXIT_BAD_CHECKPOINT)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return _fail(error, EXIT_NONFINITE)
     return 0

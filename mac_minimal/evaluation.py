@@ -1,8 +1,9 @@
 """The loss a run minimises and the scores it reports.
 
-Both come from one per-token cross-entropy (:func:`masked_losses`). Training averages it over
-the targets in the batch's mask (:func:`compute_loss`: the answers for recall, every byte for
-``lm``); evaluation reports recall accuracy against distance (:func:`evaluate_recall`) or
+Both come from one per-token cross-entropy (:func:`per_token_loss_and_correct`). Training
+averages it over the targets in the batch's mask (:func:`compute_loss`: the answers for recall,
+every byte for ``lm``); evaluation reports recall accuracy against distance
+(:func:`evaluate_recall`, at :func:`default_eval_distances` unless the run names its own) or
 validation bits per byte (:func:`evaluate_lm`).
 """
 
@@ -13,18 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mac_minimal.data import Batch, RecallTask, lm_eval_batches, recall_batch
+from mac_minimal.data import Batch, RecallTask, lm_eval_batches, recall_batch, recall_distance_range
 from mac_minimal.runtime import autocast
-from mac_minimal.task_data import TaskData, default_eval_distances
+from mac_minimal.task_data import TaskData
 from mac_minimal.train_config import TrainConfig
 
-__all__ = ["EVAL_SEED", "masked_losses", "compute_loss", "evaluate_recall", "evaluate_lm", "evaluate"]
+__all__ = ["EVAL_SEED", "per_token_loss_and_correct", "compute_loss", "default_eval_distances", "evaluate_recall",
+           "evaluate_lm", "evaluate"]
 
 EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
 
 
-def masked_losses(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-target cross-entropy (nats) and argmax-correctness, both (b, n) float32."""
+def per_token_loss_and_correct(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every target's cross-entropy (nats) and whether the argmax hit it (1.0 or 0.0), both (b, n) float32;
+    the batch's mask is not applied."""
     with autocast(device):
         logits, _ = model(batch.inputs)                                # (b, n, V)
     logits = logits.float()
@@ -35,27 +38,33 @@ def masked_losses(model: nn.Module, batch: Batch, device: torch.device) -> tuple
 
 def compute_loss(model: nn.Module, batch: Batch, device: torch.device) -> Tensor:
     """Mean cross-entropy over the targets in ``batch.mask`` (the answers for recall, all bytes for lm)."""
-    losses, _ = masked_losses(model, batch, device)
+    losses, _ = per_token_loss_and_correct(model, batch, device)
     mask = batch.mask.float()
     return (losses * mask).sum() / mask.sum()
 
 
+def default_eval_distances(seq_len: int, num_facts: int, count: int = 5) -> list[int]:
+    """``count`` distances spread evenly over the range ``seq_len`` allows (ends included)."""
+    low, high = recall_distance_range(seq_len, num_facts)
+    return sorted({round(low + (high - low) * i / (count - 1)) for i in range(count)})
+
+
 @torch.no_grad()
 def evaluate_recall(model: nn.Module, distances: list[int], seq_len: int, num_facts: int, batch_size: int,
-                    num_batches: int, device: torch.device | str = "cpu", seed: int = EVAL_SEED,
-                    task: RecallTask = RecallTask()) -> dict[str, Any]:
-    """Recall accuracy against distance: for each distance, ``num_batches`` fixed batches (from
-    ``seed``), the fraction of answer tokens whose argmax is right. Returns
+                    num_batches: int, device: torch.device | str = "cpu", task: RecallTask = RecallTask()
+                    ) -> dict[str, Any]:
+    """Recall accuracy against distance: for each distance, ``num_batches`` fixed batches (drawn from
+    :data:`EVAL_SEED`), the fraction of answer tokens whose argmax is right. Returns
     ``{"accuracy": {distance: acc}, "loss": mean answer loss, "mean_accuracy": mean over distances}``."""
     device = torch.device(device)
     accuracy, losses = {}, []
     was_training, _ = model.training, model.eval()
     for distance in distances:
-        generator = torch.Generator().manual_seed(seed + distance)
+        generator = torch.Generator().manual_seed(EVAL_SEED + distance)
         hits, count = 0.0, 0.0
         for _ in range(num_batches):
             batch = recall_batch(batch_size, seq_len, distance, num_facts, generator, task).to(device)
-            loss, correct = masked_losses(model, batch, device)
+            loss, correct = per_token_loss_and_correct(model, batch, device)
             hits += float(correct[batch.mask].sum())
             count += float(batch.mask.sum())
             losses.append(float(loss[batch.mask].mean()))
@@ -72,7 +81,7 @@ def evaluate_lm(model: nn.Module, batches: list[Batch], device: torch.device | s
     was_training, _ = model.training, model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        losses, _ = masked_losses(model, batch.to(device), device)
+        losses, _ = per_token_loss_and_correct(model, batch.to(device), device)
         total += float(losses.sum())
         count += losses.numel()
     model.train(was_training)

@@ -26,10 +26,11 @@ def read_metrics(path: str | os.PathLike, event: str | None = None) -> list[dict
     return [r for r in records if event is None or r["event"] == event]
 
 
-def start_metrics(path: Path, step: int, record: dict[str, Any], resume: bool) -> None:
-    """Begin the metrics file with ``record``: afresh, or on ``resume`` keep only the records up to
-    the checkpoint's ``step`` (a crashed run may have logged steps that the resumed run will redo)."""
-    kept = [r for r in read_metrics(path) if r["step"] <= step] if resume and path.exists() else []
+def start_metrics(path: Path, record: dict[str, Any], resume: bool) -> None:
+    """Begin the metrics file with ``record``, the ``start`` record: afresh, or on ``resume`` keep only
+    the records up to its ``step``, the checkpoint's (a crashed run may have logged steps that the
+    resumed run will redo)."""
+    kept = [r for r in read_metrics(path) if r["step"] <= record["step"]] if resume and path.exists() else []
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     write_metrics(path, record)

@@ -17,9 +17,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Runtime", "setup_runtime", "close_runtime", "data_parallel", "average_over_processes",
-           "gather_objects", "parameter_spread", "autocast", "device_name", "reset_peak_memory",
-           "peak_memory_bytes"]
+__all__ = ["Runtime", "DeviceUnavailableError", "setup_runtime", "close_runtime", "data_parallel",
+           "average_over_processes", "gather_objects", "parameter_spread", "autocast", "device_name",
+           "reset_peak_memory", "peak_memory_bytes"]
 
 
 @dataclass
@@ -35,11 +35,19 @@ class Runtime:
         return self.rank == 0
 
 
+class DeviceUnavailableError(ValueError):
+    """``cuda`` was requested on a machine where CUDA is not available."""
+
+
 def setup_runtime(requested: str) -> Runtime:
     """Pick the device (``auto`` = cuda if available) and, when ``torchrun`` started several
-    processes (``WORLD_SIZE > 1``), join the process group: nccl between GPUs, gloo on CPUs."""
+    processes (``WORLD_SIZE > 1``), join the process group: nccl between GPUs, gloo on CPUs.
+
+    Raises :class:`DeviceUnavailableError` for ``cuda`` on a machine without CUDA.
+    """
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch.cuda.is_available() is False")
+        raise DeviceUnavailableError("--device cuda was requested, but torch.cuda.is_available() is False on "
+                                     "this machine (use --device cpu or auto)")
     use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:

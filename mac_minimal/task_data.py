@@ -13,7 +13,7 @@ from torch import Tensor
 from mac_minimal.data import Batch, lm_batch, read_corpus, recall_batch, recall_distance_range, split_corpus
 from mac_minimal.train_config import TrainConfig
 
-__all__ = ["TaskData", "prepare_data", "data_seed", "make_batch", "default_eval_distances"]
+__all__ = ["TaskData", "prepare_data", "data_seed", "make_batch"]
 
 
 @dataclass
@@ -51,9 +51,3 @@ def make_batch(cfg: TrainConfig, data: TaskData, generator: torch.Generator) -> 
         distance = int(torch.randint(low, high + 1, (1,), generator=generator))
         return recall_batch(cfg.batch_size, cfg.seq_len, distance, cfg.num_facts, generator, cfg.recall_task)
     return lm_batch(data.train_tokens, cfg.batch_size, cfg.seq_len, generator)
-
-
-def default_eval_distances(seq_len: int, num_facts: int, count: int = 5) -> list[int]:
-    """``count`` distances spread evenly over the range ``seq_len`` allows (ends included)."""
-    low, high = recall_distance_range(seq_len, num_facts)
-    return sorted({round(low + (high - low) * i / (count - 1)) for i in range(count)})

@@ -1,4 +1,4 @@
-"""Chapter 8's training loop, and the trainer's entry point: ``python -m mac_minimal.train --help``.
+"""Chapter 8's training loop. Its command line is ``python -m mac_minimal --help`` (:mod:`~mac_minimal.cli`).
 
 Trains ``mac``, ``mac_no_memory`` or ``full_attention`` at one parameter budget
 (:mod:`~mac_minimal.train_config`) on ``recall`` (key-value facts far back in filler, accuracy on
@@ -62,6 +62,13 @@ from mac_minimal.task_data import TaskData, data_seed, make_batch, prepare_data
 from mac_minimal.train_config import REFERENCE_MODEL, TrainConfig, build_model, count_parameters
 
 __all__ = ["NonFiniteLossError", "lr_factor", "make_optimizer", "train_step", "train"]
+
+if __name__ == "__main__":
+    # ``python -m mac_minimal.train``, the spelling of the recorded commands, runs the command line like
+    # ``python -m mac_minimal``. It runs here, before this copy of the module (``__main__``) defines
+    # classes: the command line imports the module again, as ``mac_minimal.train``, and that copy trains.
+    from mac_minimal.cli import main
+    sys.exit(main())
 
 
 class NonFiniteLossError(RuntimeError):
@@ -146,7 +153,7 @@ def start_run(cfg: TrainConfig, runtime: Runtime) -> tuple[Run, int]:
         print(f"{cfg.model}: {parameters:,} parameters (dim {config.dim}; "
               f"{REFERENCE_MODEL} reference {reference:,}) on {device_name(runtime.device)}"
               + (f" x {runtime.world_size} processes" if runtime.world_size > 1 else ""), flush=True)
-        start_metrics(cfg.metrics_path, step, {
+        start_metrics(cfg.metrics_path, {
             "event": "start", "step": step, "resumed": cfg.resume, "model": cfg.model, "task": cfg.task,
             "parameters": parameters, "reference_parameters": reference, "model_config": asdict(config),
             "train_config": asdict(cfg), "device": device_name(runtime.device), "world_size": runtime.world_size,
@@ -176,9 +183,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the last evaluation, the step and
     ``rank_parameter_spread`` (how far the processes' parameters drifted apart; 0 with one process).
 
-    Raises :class:`~mac_minimal.checkpoint.CheckpointError` for a checkpoint that is missing
-    (``--resume``), would be overwritten (no ``--resume``), or does not match;
-    :class:`NonFiniteLossError` on a NaN/inf.
+    Raises :class:`~mac_minimal.runtime.DeviceUnavailableError` for ``cuda`` without CUDA;
+    :class:`~mac_minimal.checkpoint.CheckpointError` for a checkpoint that is missing (``--resume``),
+    would be overwritten (no ``--resume``), or does not match; :class:`NonFiniteLossError` on a NaN/inf.
     """
     runtime = setup_runtime(cfg.device)
     try:
@@ -231,8 +238,3 @@ def train_loop(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
             "tokens_per_s": tokens_per_step * (step - first_step) / train_time if train_time > 0 else None,
             "peak_memory_bytes": peak_memory_bytes(runtime.device)})
     return {"step": step, "eval": result, "rank_parameter_spread": spread}
-
-
-if __name__ == "__main__":
-    from mac_minimal.cli import main   # imported here: the command line itself imports this module
-    sys.exit(main())

@@ -2,6 +2,7 @@
 
 Usage:
     .venv/bin/python scripts/check_rendered_book.py [_build/html] [--screenshots-dir DIR]
+    .venv/bin/python scripts/check_rendered_book.py --find-chromium   # which Chromium; status 2 if none
 
 Every page of the built site is opened in headless Chromium with all outside hosts blocked, and
 once its scripts (MathJax included) have finished, the page is checked for what a reader would
@@ -51,10 +52,11 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")  # on PATH
 INSTALL_HINT = (
     "Headless Chromium is needed to check the rendered book, and none was found "
-    "(looked for $CHROMIUM, then chromium, chromium-browser, google-chrome, google-chrome-stable "
-    "on PATH).\nInstall it with:  sudo apt-get update && sudo apt-get install -y chromium   "
+    f"(looked for $CHROMIUM, then {', '.join(CHROMIUM_NAMES)} on PATH).\n"
+    "Install it with:  sudo apt-get update && sudo apt-get install -y chromium   "
     "(Debian; on macOS: brew install --cask chromium),\nor point CHROMIUM at a Chromium or "
     "Chrome binary:  CHROMIUM=/path/to/chrome bash scripts/test.sh")
 
@@ -268,7 +270,7 @@ def find_chromium() -> str:
         if found:
             return found
         raise ChromiumMissing(f"CHROMIUM={configured!r} is not an executable.\n{INSTALL_HINT}")
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+    for name in CHROMIUM_NAMES:
         found = shutil.which(name)
         if found:
             return found
@@ -437,7 +439,8 @@ def check_site(site: Path, chromium: str | None = None, screenshots_dir: Path | 
 
 
 def main(argv=None) -> int:
-    """Command line: check the built site, print every defect, exit 1 if there is any."""
+    """Command line: check the built site, print every defect, exit 1 if there is any (2 if there is no
+    Chromium or no built site). With --find-chromium, only print the Chromium the check would use."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("site", nargs="?", default=str(ROOT / "_build" / "html"),
                         help="the built HTML book (default: _build/html)")
@@ -447,12 +450,17 @@ def main(argv=None) -> int:
                         help="browser window width in px (default: 1400, a laptop screen)")
     parser.add_argument("--all", action="store_true",
                         help=f"print every defect (default: at most {MAX_SHOWN} of a kind a page)")
+    parser.add_argument("--find-chromium", action="store_true",
+                        help="only print the Chromium binary the check would use (exit status 2 if none)")
     args = parser.parse_args(argv)
     try:
         chromium = find_chromium()
     except ChromiumMissing as e:
         print(f"check_rendered_book: {e}", file=sys.stderr)
         return 2
+    if args.find_chromium:
+        print(chromium)
+        return 0
     shots_dir = Path(args.screenshots_dir or tempfile.mkdtemp(prefix="rendered-book-screenshots-"))
     shots_dir.mkdir(parents=True, exist_ok=True)
     print(f"Checking the rendered book in {args.site} with {chromium}, offline, "

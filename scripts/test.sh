@@ -9,14 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Steps 1 and 4 need headless Chromium. CI installs it when it is missing and apt-get is there;
-# elsewhere the check fails and says how to install it.
+# Steps 1 and 4 need headless Chromium (found as the checker finds it). CI installs it when it is
+# missing and apt-get is there; elsewhere the check fails and says how to install it.
 have_browser() {
-  [ -n "${CHROMIUM:-}" ] && return 0
-  for name in chromium chromium-browser google-chrome google-chrome-stable; do
-    command -v "$name" >/dev/null 2>&1 && return 0
-  done
-  return 1
+  .venv/bin/python scripts/check_rendered_book.py --find-chromium >/dev/null 2>&1
 }
 if [ "${CI:-}" = "true" ] && ! have_browser && command -v apt-get >/dev/null 2>&1; then
   sudo=""

@@ -10,6 +10,7 @@ import base64
 import importlib.util
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -150,6 +151,14 @@ def test_missing_chromium_says_how_to_install_it(monkeypatch, tmp_path, capsys):
         checker.find_chromium()
     assert checker.main([str(tmp_path)]) == 2
     assert "apt-get install -y chromium" in capsys.readouterr().err
+    assert checker.main(["--find-chromium"]) == 2
+    assert "apt-get install -y chromium" in capsys.readouterr().err
+
+
+def test_find_chromium_prints_the_binary_it_would_use(monkeypatch, capsys):
+    monkeypatch.setenv("CHROMIUM", sys.executable)                # any executable will do here
+    assert checker.main(["--find-chromium"]) == 0
+    assert capsys.readouterr().out == f"{sys.executable}\n"
 
 
 def test_missing_build_is_an_error(tmp_path):
