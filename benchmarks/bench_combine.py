@@ -19,7 +19,6 @@ learning curves and a final evaluation on 512 held-out sequences go to
 
 import argparse
 import dataclasses
-import json
 import math
 import pathlib
 import platform
@@ -28,7 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import write_json
 from mac_minimal.model import MACConfig, MACTransformer
+from mac_minimal.neural_memory import NeuralMemoryConfig
 
 VOCAB, SEGMENT = 16, 8
 OUT = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "combine_experiment.json"
@@ -51,13 +52,16 @@ def aba_loss(model: MACTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 # eq. (25) as the paper writes it, and chapter 4's memory step cap: the settings before chapter 8
-AS_WRITTEN = {"memory_scale_init": None, "memory_max_lr": 0.1}
+AS_WRITTEN = {"memory_scale_init": None, "max_lr": 0.1}
 
 
 def train_variant(combine: str, use_memory: bool, seed: int, steps: int, every: int, as_written: bool) -> dict:
     torch.manual_seed(seed)
+    default = MACConfig()
+    memory = NeuralMemoryConfig(chunk_size=4, max_lr=AS_WRITTEN["max_lr"] if as_written else default.memory.max_lr)
+    scale_init = AS_WRITTEN["memory_scale_init"] if as_written else default.memory_scale_init
     config = MACConfig(vocab_size=VOCAB, dim=32, depth=1, heads=4, segment_len=SEGMENT, num_persistent=4,
-                       chunk_size=4, combine=combine, use_memory=use_memory, **(AS_WRITTEN if as_written else {}))
+                       combine=combine, use_memory=use_memory, memory_scale_init=scale_init, memory=memory)
     model = MACTransformer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = torch.Generator().manual_seed(1000 + seed)
@@ -96,13 +100,12 @@ def main() -> None:
             print(runs[-1]["combine"], use_memory, seed, runs[-1]["eval_loss"], runs[-1]["eval_accuracy"],
                   runs[-1]["train_seconds"], flush=True)
     out = OUT_AS_WRITTEN if args.as_written else OUT
-    out.write_text(json.dumps({
+    write_json(out, {
         "task": f"A | F | A, vocab {VOCAB}, segment {SEGMENT}; loss on the 7 recall predictions of segment 3",
         "chance_loss": round(math.log(VOCAB), 4),
         "steps": args.steps, "batch_size": 32, "lr": 3e-3, "threads": 1,
         "torch": torch.__version__, "machine": platform.machine(),
-        "runs": runs}, indent=1) + "\n")
-    print(f"wrote {out}")
+        "runs": runs})
 
 
 if __name__ == "__main__":

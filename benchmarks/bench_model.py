@@ -23,8 +23,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from common import RESULTS, environment, median_seconds, write_json
-from mac_minimal.model import MACConfig, MACTransformer
+from common import RESULTS, environment, mac_config, median_seconds, write_json
+from mac_minimal.model import MACTransformer
 
 OUT = RESULTS / "model_benchmark.json"
 BASE = dict(vocab_size=256, dim=64, depth=2, heads=4, num_persistent=4, chunk_size=8)
@@ -50,7 +50,7 @@ KINDS = ("mac", "no_memory_folded", "no_memory_loop")
 def timed(n: int, segment_len: int, batch_size: int, repeats: int) -> dict[str, float]:
     """Median seconds per step of each kind at one size, the kinds taking turns in every repeat."""
     torch.manual_seed(0)
-    models = {kind: MACTransformer(MACConfig(segment_len=segment_len, use_memory=kind == "mac", **BASE))
+    models = {kind: MACTransformer(mac_config(segment_len=segment_len, use_memory=kind == "mac", **BASE))
               for kind in KINDS}
     tokens = torch.randint(0, BASE["vocab_size"], (batch_size, n + 1))
 
@@ -79,11 +79,11 @@ def main() -> None:
         row = {"n": 256, "segment_len": c} | timed(256, c, args.batch_size, args.repeats)
         by_segment.append(row)
         print(row, flush=True)
-    params = {k: MACTransformer(MACConfig(segment_len=16, use_memory=k, **BASE)).num_parameters()
+    params = {k: MACTransformer(mac_config(segment_len=16, use_memory=k, **BASE)).num_parameters()
               for k in (True, False)}
     write_json(OUT, {
         "what": "seconds per forward+backward step (median over repeats, kinds interleaved), CPU, 1 thread",
-        "config": dataclasses.asdict(MACConfig(segment_len=16, **BASE)), "batch_size": args.batch_size,
+        "config": dataclasses.asdict(mac_config(segment_len=16, **BASE)), "batch_size": args.batch_size,
         "repeats": args.repeats, "parameters": {"mac": params[True], "no_memory": params[False]},
         "environment": environment(), "by_length": by_length, "by_segment_len": by_segment})
 

@@ -81,9 +81,9 @@ import torch  # noqa: E402
 from titans_pytorch import MemoryAsContextTransformer, MemoryMLP  # noqa: E402
 from titans_pytorch import NeuralMemory as TitansNeuralMemory  # noqa: E402
 
-from common import (RESULTS, environment, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
+from common import (RESULTS, environment, mac_config, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
                     training_step, save_results, parse_benchmark_args, TITANS_SIZED_MAC)
-from mac_minimal.model import MACConfig, MACTransformer  # noqa: E402
+from mac_minimal.model import MACTransformer  # noqa: E402
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig  # noqa: E402
 
 OUT = RESULTS / "titans_comparison.json"
@@ -168,7 +168,7 @@ def titans_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def make_model(impl: str) -> tuple[torch.nn.Module, object]:
     """The model and its loss function (model, tokens (b, n + 1)) -> scalar."""
     if impl == "ours":
-        return MACTransformer(MACConfig(**OURS_MODEL)), next_token_loss
+        return MACTransformer(mac_config(**OURS_MODEL)), next_token_loss
     return MemoryAsContextTransformer(**TITANS_MODEL), titans_loss
 
 
@@ -241,7 +241,7 @@ def main() -> None:
                     "gradient clipping, RMSNorm on the input, a residual LayerNorm around the memory MLP.",
             "rows": memory_rows},
         "model": {
-            "ours": {"class": "mac_minimal.model.MACTransformer", "config": dataclasses.asdict(MACConfig(**OURS_MODEL))},
+            "ours": {"class": "mac_minimal.model.MACTransformer", "config": dataclasses.asdict(mac_config(**OURS_MODEL))},
             "titans": {"class": "titans_pytorch.MemoryAsContextTransformer", "kwargs": TITANS_MODEL,
                        "loss": "model(tokens, return_loss=True)"},
             "parameters": params,

@@ -33,8 +33,9 @@ import time
 
 import torch
 
-from common import RESULTS, environment, median_seconds, step_memory_bytes, training_step, save_results, parse_benchmark_args
-from mac_minimal.model import MACConfig, MACTransformer
+from common import (RESULTS, environment, mac_config, median_seconds, step_memory_bytes, training_step, save_results,
+                    parse_benchmark_args)
+from mac_minimal.model import MACTransformer
 
 OUT = RESULTS / "training_step_benchmark.json"
 KINDS = {"mac": True, "mac_no_memory": False}            # kind -> use_memory
@@ -54,14 +55,14 @@ def build_step(config: dict, seq_len: int, batch: int, seed: int = 0):
 
     Module-level, so that :func:`common.step_memory_bytes` can build it in a fresh process."""
     torch.manual_seed(seed)
-    model = MACTransformer(MACConfig(**config))
+    model = MACTransformer(mac_config(**config))
     tokens = torch.randint(0, config["vocab_size"], (batch, seq_len + 1),
                            generator=torch.Generator().manual_seed(seed))
     return training_step(model, tokens)
 
 
 def parameters(config: dict) -> int:
-    return MACTransformer(MACConfig(**config)).num_parameters()
+    return MACTransformer(mac_config(**config)).num_parameters()
 
 
 def measure_setting(setting: dict, repeats: int) -> dict:
@@ -72,7 +73,7 @@ def measure_setting(setting: dict, repeats: int) -> dict:
     seconds = median_seconds(steps, repeats)
     del steps
     memory = {kind: step_memory_bytes(build_step, config=config, **size) for kind, config in configs.items()}
-    row = {**setting, "model_config": dataclasses.asdict(MACConfig(**setting["config"])), "parameters": {kind: parameters(config) for kind, config in configs.items()},
+    row = {**setting, "model_config": dataclasses.asdict(mac_config(**setting["config"])), "parameters": {kind: parameters(config) for kind, config in configs.items()},
            "step_s": seconds, "step_memory_bytes": memory,
            "ratio_mac_over_no_memory": {
                "step_s": seconds["mac"] / seconds["mac_no_memory"],
@@ -129,7 +130,7 @@ def main() -> None:
         "smoke": args.smoke, "repeats": args.repeats, "environment": environment(),
         "settings": results,
         "memory_scaling": {"setting": scaling["setting"],
-                           "model_config": dataclasses.asdict(MACConfig(**scaling_config)), "batch": scaling["batch"],
+                           "model_config": dataclasses.asdict(mac_config(**scaling_config)), "batch": scaling["batch"],
                            "step_s": "one step after a warm-up step", "rows": scaling_rows},
         "total_seconds": time.perf_counter() - start,
     }

@@ -40,6 +40,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from mac_minimal.model import MACConfig
+from mac_minimal.neural_memory import NeuralMemoryConfig
 from mac_minimal.train_config import TrainConfig, build_model
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
@@ -54,6 +56,12 @@ AS_WRITTEN = ["--memory-scale-init", "none", "--memory-max-lr", "0.1"]
 # explains the match); gpu_record.py times the same model.
 TITANS_SIZED_MAC = dict(vocab_size=256, dim=64, depth=2, heads=4, segment_len=64, num_persistent=4,
                         chunk_size=16, ffn_mult=8)
+
+
+def mac_config(chunk_size: int, **fields: object) -> MACConfig:
+    """The MACConfig of a benchmark's flat, recorded settings: ``chunk_size`` is the memory's chunk
+    (``MACConfig.memory.chunk_size``), every other key a field of MACConfig."""
+    return MACConfig(memory=NeuralMemoryConfig(chunk_size=chunk_size), **fields)
 
 
 def median_seconds(jobs: dict[str, Job], repeats: int, warmup: int = 1) -> dict[str, float]:

@@ -36,8 +36,9 @@ import time
 
 import torch
 
-from common import RESULTS, TITANS_SIZED_MAC, median_seconds, next_token_loss, set_flags, training_step, write_json
-from mac_minimal.model import MACConfig, MACTransformer
+from common import (RESULTS, TITANS_SIZED_MAC, mac_config, median_seconds, next_token_loss, set_flags, training_step,
+                    write_json)
+from mac_minimal.model import MACTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMON = ["--depth", "2", "--heads", "4", "--num-persistent", "4", "--lr", "3e-3", "--warmup-steps", "50",
@@ -100,8 +101,8 @@ def speed(device: torch.device, smoke: bool, repeats: int) -> dict:
         tokens = torch.randint(0, 256, (2 if smoke else 8, seq_len + 1), device=device,
                                generator=torch.Generator(device=device).manual_seed(0))
         torch.manual_seed(0)
-        jobs = {"mac": training_step(MACTransformer(MACConfig(**size)).to(device), tokens, next_token_loss),
-                "mac_no_memory": training_step(MACTransformer(MACConfig(**size, use_memory=False)).to(device),
+        jobs = {"mac": training_step(MACTransformer(mac_config(**size)).to(device), tokens, next_token_loss),
+                "mac_no_memory": training_step(MACTransformer(mac_config(**size, use_memory=False)).to(device),
                                                tokens, next_token_loss)}
         if titans is not None:
             model, loss_fn = titans.make_model("titans")

@@ -20,7 +20,7 @@ Each module backs one chapter of the book in ``book/``:
  7      ``model``                the MACTransformer, streaming generation
  8      ``baseline``             a full-attention transformer, the O(n^2) reference
  8      ``data``                 long-range recall and standard-library text
- 8      ``train``                the loop: ``python -m mac_minimal.train``
+ 8      ``train``                the loop (command line: ``python -m mac_minimal``)
  8      ``train_config``         a run's config; three models at one budget
  8      ``task_data``            a run's batches: recall or text
  8      ``evaluation``           the loss; recall by distance, bits per byte

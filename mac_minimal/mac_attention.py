@@ -27,17 +27,17 @@ H heads, e head width, P ``num_persistent``. (``h`` is always eq. (21)'s retriev
 the heads axis.)
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from mac_minimal.attention import attention_weights, masked_attention, merge_heads, split_heads
-from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads
+from mac_minimal.checks import require_positive_int, require_rotary_heads
 from mac_minimal.layers import FeedForward
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
-from mac_minimal.persistent import PersistentKV, causal_mask_with_prefix
+from mac_minimal.persistent import PersistentKV, PersistentMemoryConfig, causal_mask_with_prefix
 from mac_minimal.rotary import apply_rotary
 
 __all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention", "mac_mask"]
@@ -45,52 +45,52 @@ __all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MA
 COMBINES = ("sum", "gate", "mlp")
 
 
-@dataclass
-class MACAttentionConfig:
-    """Hyper-parameters of one MAC attention layer.
+def _default_memory() -> NeuralMemoryConfig:
+    """The MAC layer's memory unless told otherwise: the layer's width, chunks of 8 tokens, and a
+    step-size cap of 0.03 instead of the memory's own 0.1 (chapter 8: a smaller step keeps the
+    gradient through the chain of writes tame, ``benchmarks/mac_trainability.py``)."""
+    return NeuralMemoryConfig(chunk_size=8, max_lr=0.03)
 
-    dim: model width d; heads: attention heads (``dim / heads`` must be even, for rotary).
+
+@dataclass
+class MACAttentionConfig(PersistentMemoryConfig):
+    """Hyper-parameters of one MAC layer: chapter 5's persistent memory (``dim``, ``heads``,
+    ``num_persistent``, P key/value slots per head, eq. 19) plus
+
     segment_len: c, tokens per segment (attention never reaches across a segment boundary).
-    num_persistent: P learned key/value slots per head (eq. 19, chapter 5's ``PersistentKV``).
-    chunk_size: the neural memory's chunk (eq. 16), independent of ``segment_len``.
     combine: eq. (25)'s (x): ``"sum"`` ``y + M*(y)`` (default, chosen by the recall experiment of
         ``benchmarks/bench_combine.py``), ``"gate"`` ``y * sigmoid(M*(y))``, ``"mlp"`` ``MLP([y, M*(y)])``.
     use_memory: False drops the neural memory: attention over ``[persistent | S]`` and ``o = y``.
-    memory_max_lr: the cap of the memory's step size theta_t (``NeuralMemoryConfig.max_lr``);
-        0.03, not the memory's own 0.1 (chapter 8: a smaller step keeps the gradient through the
-        chain of writes tame, ``benchmarks/mac_trainability.py``).
+    rotary_base: base of the rotary positions (``dim / heads`` must be even).
     memory_scale_init: None combines ``y`` with ``m = M*_t(y)`` as eq. (25) writes it; a number
         adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``. Default
         0.0: MAC starts as if ``o = y`` and learns how much of the memory term to use (chapter 8).
+    memory: the neural memory (chapter 4's :class:`NeuralMemoryConfig`); its ``dim`` is left None
+        (the layer's width); its ``chunk_size`` (eq. 16) is independent of ``segment_len``.
     """
 
-    dim: int = 32
-    heads: int = 4
-    segment_len: int = 8
-    num_persistent: int = 4
-    chunk_size: int = 4
+    segment_len: int = 16
     combine: str = "sum"
     use_memory: bool = True
     rotary_base: float = 10000.0
-    memory_max_lr: float = 0.03
     memory_scale_init: float | None = 0.0
+    memory: NeuralMemoryConfig = field(default_factory=_default_memory)
 
     def __post_init__(self) -> None:
-        for name in ("dim", "heads", "segment_len", "chunk_size"):
-            require_positive_int(f"MACAttentionConfig.{name}", getattr(self, name))
-        require_int("MACAttentionConfig.num_persistent", self.num_persistent, minimum=0)
+        super().__post_init__()
+        require_positive_int("MACAttentionConfig.segment_len", self.segment_len)
         require_rotary_heads(self.dim, self.heads, self.rotary_base)
         if self.combine not in COMBINES:
             raise ValueError(f"MACAttentionConfig.combine must be one of {COMBINES}, got {self.combine!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
+        if not isinstance(self.memory, NeuralMemoryConfig):
+            raise TypeError(f"MACAttentionConfig.memory must be a NeuralMemoryConfig, got {self.memory!r}")
+        if self.memory.dim not in (None, self.dim):
+            raise ValueError(f"MACAttentionConfig.memory.dim must be None (the layer's width) or "
+                             f"dim={self.dim}, got {self.memory.dim}")
 
     def memory_config(self) -> NeuralMemoryConfig:
-        """The neural memory of this layer: width ``dim``, chunk ``chunk_size``, step cap
-        ``memory_max_lr``, other fields default."""
-        return NeuralMemoryConfig(dim=self.dim, chunk_size=self.chunk_size, max_lr=self.memory_max_lr)
+        """``memory`` at this layer's width: the config of the layer's :class:`NeuralMemory`."""
+        return replace(self.memory, dim=self.dim)
 
 
 class MACAttentionState(NamedTuple):
@@ -199,8 +199,12 @@ class MACAttention(nn.Module):
     def init_state(self, batch_size: int) -> MACAttentionState:
         """State at a segment start: empty caches (b, H, 0, e) and a fresh memory ``M_0``."""
         require_positive_int("batch_size", batch_size)
-        empty = self.to_q.weight.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
         memory = self.memory.init_state(batch_size) if self.memory is not None else None
+        return self._segment_start(memory, batch_size, like=self.to_q.weight)
+
+    def _segment_start(self, memory: NeuralMemoryState | None, batch_size: int, like: Tensor) -> MACAttentionState:
+        """The state at a segment start with ``memory``: caches empty, (b, H, 0, e), of ``like``'s dtype."""
+        empty = like.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
         return MACAttentionState.at_segment_start(memory=memory, empty=empty)
 
     def _prepare(self, x: Tensor, state: MACAttentionState | None) -> MACAttentionState:
@@ -286,6 +290,5 @@ class MACAttention(nn.Module):
             o = self.combine(y, m)                                        # (25)
             state = state._replace(memory=memory)
         if state.filled == self.config.segment_len:                      # segment done: roll over
-            empty = state.keys.new_zeros(x.shape[0], self.config.heads, 0, self.config.head_dim)
-            state = MACAttentionState.at_segment_start(memory=state.memory, empty=empty)
+            state = self._segment_start(state.memory, x.shape[0], like=state.keys)
         return o, state

@@ -38,42 +38,26 @@ __all__ = ["MACConfig", "MACState", "MACBlock", "MACTransformer", "state_nbytes"
 
 
 @dataclass
-class MACConfig:
-    """Hyper-parameters of :class:`MACTransformer` (small defaults: a CPU toy).
+class MACConfig(MACAttentionConfig):
+    """Hyper-parameters of :class:`MACTransformer`: every block's :class:`MACAttentionConfig`
+    (chapter 6: ``dim``, ``heads``, ``num_persistent``, ``segment_len``, ``combine``,
+    ``use_memory``, ``rotary_base``, ``memory_scale_init``, ``memory``) plus
 
-    vocab_size: V; dim: d; depth: number of MAC blocks; heads: attention heads (``dim / heads`` even).
-    segment_len: tokens per segment; num_persistent: persistent slots per head (eq. 19);
-    chunk_size: the neural memory's chunk (eq. 16); combine: eq. (25)'s (x), one of
-    ``"sum"`` (default), ``"gate"``, ``"mlp"``; use_memory: False = the same model without neural
-    memory (segment-local attention + persistent slots; fewer parameters, see
-    :meth:`MACTransformer.num_parameters`); ffn_mult: FFN hidden width = ``ffn_mult * dim``;
-    memory_max_lr, memory_scale_init: see :class:`~mac_minimal.mac_attention.MACAttentionConfig`.
+    vocab_size: V; depth: number of MAC blocks; ffn_mult: FFN hidden width = ``ffn_mult * dim``.
+
+    The defaults are the trainer's (``python -m mac_minimal.train``): a small model for a CPU.
+    ``use_memory=False`` is the same model without neural memory (segment-local attention +
+    persistent slots; fewer parameters, see :func:`mac_minimal.layers.num_parameters`).
     """
 
     vocab_size: int = 64
-    dim: int = 32
     depth: int = 2
-    heads: int = 4
-    segment_len: int = 8
-    num_persistent: int = 4
-    chunk_size: int = 4
-    combine: str = "sum"
-    use_memory: bool = True
     ffn_mult: int = 4
-    memory_max_lr: float = 0.03
-    memory_scale_init: float | None = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("vocab_size", "depth", "ffn_mult"):
             require_positive_int(f"MACConfig.{name}", getattr(self, name))
-        self.attention_config()  # validates dim, heads, segment_len, num_persistent, chunk_size, combine
-
-    def attention_config(self) -> MACAttentionConfig:
-        """The config of every block's :class:`MACAttention`."""
-        return MACAttentionConfig(dim=self.dim, heads=self.heads, segment_len=self.segment_len,
-                                  num_persistent=self.num_persistent, chunk_size=self.chunk_size,
-                                  combine=self.combine, use_memory=self.use_memory,
-                                  memory_max_lr=self.memory_max_lr, memory_scale_init=self.memory_scale_init)
 
 
 class MACState(NamedTuple):
@@ -107,7 +91,7 @@ class MACBlock(nn.Module):
         d = config.dim
         self.segment_len = config.segment_len
         self.norm_attn = nn.LayerNorm(d)
-        self.attn = MACAttention(config.attention_config())
+        self.attn = MACAttention(config)
         self.norm_ffn = nn.LayerNorm(d)
         self.ffn = FeedForward(d, config.ffn_mult * d)
 

@@ -49,9 +49,10 @@ class PersistentMemoryConfig:
     num_persistent: int = 4
 
     def __post_init__(self) -> None:
-        require_positive_int("PersistentMemoryConfig.dim", self.dim)
-        require_positive_int("PersistentMemoryConfig.heads", self.heads)
-        require_int("PersistentMemoryConfig.num_persistent", self.num_persistent, minimum=0)
+        name = type(self).__name__                  # also the configs built on this one
+        require_positive_int(f"{name}.dim", self.dim)
+        require_positive_int(f"{name}.heads", self.heads)
+        require_int(f"{name}.num_persistent", self.num_persistent, minimum=0)
         if self.dim % self.heads != 0:
             raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
 

@@ -26,15 +26,22 @@ from mac_minimal.checks import require_int, require_positive_int
 from mac_minimal.data import RecallTask, recall_distance_range
 from mac_minimal.layers import num_parameters
 from mac_minimal.model import MACConfig, MACTransformer
+from mac_minimal.neural_memory import NeuralMemoryConfig
 
 __all__ = ["TrainConfig", "TASKS", "MODELS", "REFERENCE_MODEL", "count_parameters", "model_config", "build_model"]
 
 TASKS = ("recall", "lm")
+_MAC = MACConfig()
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; the command-line flags map one to one onto these fields."""
+    """Everything a run depends on; the command-line flags map one to one onto these fields.
+
+    Flat on purpose: one flag, one field, and a recorded run's config is a flat JSON object. The
+    model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``
+    and ``memory_max_lr`` are its ``memory.chunk_size`` and ``memory.max_lr``.
+    """
 
     model: str = "mac"
     task: str = "recall"
@@ -44,14 +51,14 @@ class TrainConfig:
     num_values: int = 32
     num_keys: int = 32
     eval_distances: list[int] | None = None
-    dim: int = 32
-    depth: int = 2
-    heads: int = 4
-    segment_len: int = 16
-    num_persistent: int = 4
-    chunk_size: int = 8
-    memory_max_lr: float = 0.03
-    memory_scale_init: float | None = 0.0
+    dim: int = _MAC.dim                              # the model's fields default to MACConfig's
+    depth: int = _MAC.depth
+    heads: int = _MAC.heads
+    segment_len: int = _MAC.segment_len
+    num_persistent: int = _MAC.num_persistent
+    chunk_size: int = _MAC.memory.chunk_size        # the memory's chunk (eq. 16)
+    memory_max_lr: float = _MAC.memory.max_lr
+    memory_scale_init: float | None = _MAC.memory_scale_init
     seq_len: int = 128
     batch_size: int = 8
     steps: int = 200
@@ -133,8 +140,8 @@ def _require_range(name: str, value: float, low: float | None = None, high: floa
 def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:
     return MACConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads,
                      segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
-                     chunk_size=cfg.chunk_size, use_memory=use_memory,
-                     memory_max_lr=cfg.memory_max_lr, memory_scale_init=cfg.memory_scale_init)
+                     use_memory=use_memory, memory_scale_init=cfg.memory_scale_init,
+                     memory=NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr))
 
 
 def _full_attention(cfg: TrainConfig, vocab_size: int, dim: int) -> FullAttentionConfig:

@@ -1,6 +1,7 @@
 """MAC attention (eqs. 21-25): a written-out reference, causality against the naive forms, state."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,21 +10,33 @@ from einops import rearrange
 
 from mac_minimal.layers import num_parameters
 from mac_minimal.mac_attention import COMBINES, Combine, MACAttention, MACAttentionConfig, mac_mask
+from mac_minimal.neural_memory import NeuralMemoryConfig
 
 B, C, D = 2, 6, 16
 
 
-def make(combine: str = "sum", use_memory: bool = True, seed: int = 0, **kw) -> MACAttention:
+def make(combine: str = "sum", use_memory: bool = True, seed: int = 0, max_lr: float = 0.03, **kw) -> MACAttention:
     """A float64 layer; the memory scale starts at 0.5, not 0, so eq. (25)'s memory term takes part."""
     kw.setdefault("memory_scale_init", 0.5)
     torch.manual_seed(seed)
-    cfg = MACAttentionConfig(dim=D, heads=2, segment_len=C, num_persistent=3, chunk_size=4,
-                             combine=combine, use_memory=use_memory, **kw)
+    cfg = MACAttentionConfig(dim=D, heads=2, segment_len=C, num_persistent=3, combine=combine,
+                             use_memory=use_memory, memory=NeuralMemoryConfig(chunk_size=4, max_lr=max_lr), **kw)
     return MACAttention(cfg).double()
 
 
 def inputs(seed: int = 1, n: int = C) -> torch.Tensor:
     return torch.randn(B, n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def in_pieces(attn: MACAttention, x: torch.Tensor, state, cuts: list[int]):
+    """The layer fed ``x[:, cuts[i]:cuts[i+1]]`` piece by piece from ``state``: the outputs joined,
+    and the last state; each state's ``filled`` is checked on the way."""
+    outputs = []
+    for begin, end in zip(cuts, cuts[1:]):
+        o, state = attn(x[:, begin:end], state)
+        outputs.append(o)
+        assert state.filled == end % C
+    return torch.cat(outputs, 1), state
 
 
 def written_state(attn: MACAttention, seed: int = 2):
@@ -152,12 +165,8 @@ def test_pieces_of_a_segment_equal_the_segment(use_memory):
     state = written_state(attn)
     x = inputs()
     whole, end_state = attn(x, state)
-    outs, s = [], state
-    for a, b in [(0, 1), (1, 4), (4, 5), (5, 6)]:
-        o, s = attn(x[:, a:b], s)
-        outs.append(o)
-        assert s.filled == (b % C)
-    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-12, atol=1e-12)
+    pieces, s = in_pieces(attn, x, state, [0, 1, 4, 5, 6])
+    torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=1e-12)
     if use_memory:
         for a, b in zip(s.memory.weights, end_state.memory.weights):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -274,24 +283,34 @@ def test_memory_scale_multiplies_the_memory_term_and_is_learned():
     assert plain.memory_scale is None and make(use_memory=False, memory_scale_init=0.0).memory_scale is None
 
 
-def test_memory_max_lr_reaches_the_memory():
-    attn = make(memory_max_lr=0.03)
-    assert attn.memory.config.max_lr == 0.03
+def test_memory_config_reaches_the_memory_at_the_layer_width():
+    attn = make(max_lr=0.05)
+    assert attn.memory.config == NeuralMemoryConfig(dim=D, chunk_size=4, max_lr=0.05)
+    assert attn.config.memory.dim is None                           # the config itself is untouched
     theta, _, _ = attn.memory.rates(inputs() * 100)
-    assert (theta < 0.03).all() and (theta > 0).all()
+    assert (theta < 0.05).all() and (theta > 0).all()
+
+
+def test_memory_config_defaults_and_errors():
+    """The layer's default memory (chunks of 8, step cap 0.03) lives in one place; a width other
+    than the layer's, or something that is not a NeuralMemoryConfig, is refused by name."""
+    default = MACAttentionConfig()
+    assert (default.memory.chunk_size, default.memory.max_lr, default.memory.dim) == (8, 0.03, None)
+    assert MACAttentionConfig(dim=16, memory=NeuralMemoryConfig(dim=16)).memory_config().dim == 16
+    assert replace(default, dim=64).memory_config().dim == 64
+    with pytest.raises(ValueError, match=r"memory\.dim.*None.*dim=32.*got 16"):
+        MACAttentionConfig(dim=32, memory=NeuralMemoryConfig(dim=16))
+    with pytest.raises(TypeError, match=r"memory.*NeuralMemoryConfig.*chunk_size"):
+        MACAttentionConfig(memory={"chunk_size": 4})
 
 
 @pytest.mark.parametrize("memory_scale_init", [0.0, 1.0])
 def test_scaled_memory_is_causal_and_streams(memory_scale_init):
-    attn = make(memory_scale_init=memory_scale_init, memory_max_lr=0.03)
+    attn = make(memory_scale_init=memory_scale_init)
     state = written_state(attn)
     x = inputs()
     whole, _ = attn(x, state)
-    outs, s = [], state
-    for a, b in [(0, 2), (2, 3), (3, C)]:
-        o, s = attn(x[:, a:b], s)
-        outs.append(o)
-    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(in_pieces(attn, x, state, [0, 2, 3, C])[0], whole, rtol=1e-12, atol=1e-12)
     x2 = x.clone()
     x2[:, 3:] += 1.0
     assert torch.equal(attn(x2, state)[0][:, :3], whole[:, :3])

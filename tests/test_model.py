@@ -6,6 +6,7 @@ import torch
 from mac_minimal.layers import num_parameters
 from mac_minimal.mac_attention import COMBINES
 from mac_minimal.model import MACConfig, MACState, MACTransformer, state_nbytes
+from mac_minimal.neural_memory import NeuralMemoryConfig
 
 V, C = 16, 4
 
@@ -14,8 +15,8 @@ def make(use_memory: bool = True, combine: str = "sum", seed: int = 0, **kw) -> 
     """A small float64 model; the memory scale starts at 0.5, not 0, so eq. (25)'s memory term takes part."""
     kw.setdefault("memory_scale_init", 0.5)
     torch.manual_seed(seed)
-    cfg = MACConfig(vocab_size=V, dim=16, depth=2, heads=2, segment_len=C, num_persistent=2,
-                    chunk_size=3, combine=combine, use_memory=use_memory, **kw)
+    cfg = MACConfig(vocab_size=V, dim=16, depth=2, heads=2, segment_len=C, num_persistent=2, combine=combine,
+                    use_memory=use_memory, memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.03), **kw)
     return MACTransformer(cfg).double()
 
 
@@ -166,3 +167,12 @@ def test_config_errors():
     with pytest.raises(TypeError, match=r"MACConfig.*object"):
         MACTransformer(object())
     assert MACTransformer().config == MACConfig()
+
+
+def test_config_is_one_tree():
+    """A MACConfig is every block's MACAttentionConfig (no field copied), its memory nested."""
+    cfg = MACConfig(dim=16, heads=2, segment_len=C, memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.05))
+    model = MACTransformer(cfg)
+    assert all(block.attn.config is cfg for block in model.blocks)
+    assert all(block.attn.memory.config == NeuralMemoryConfig(dim=16, chunk_size=3, max_lr=0.05)
+               for block in model.blocks)
