@@ -54,7 +54,7 @@ def flops_per_token(d: int, c: int, segment_len: int, ffn_mult: int = 4, expansi
         "keys and values of the retrieved h": 2 * d * d,
         "attention over the retrieved h": 2 * segment_len * d,
         "retrieval h = M*(q) (eq. 21)": 2 * d * f,
-        "gradient factors at the chunk's weights (W2 k, W1 z, W1^T do)": 3 * d * f,
+        "gradient factors at the chunk's weights (W1 k, W2 z, W2^T do)": 3 * d * f,
         "read M_t(q_t): weights and momentum, both layers": 4 * d * f,
         "read M_t(q_t): c x c scores and their products": c * (2 * d + 2 * f),
         "chunk-end weights and momentum (outer-product sums)": 4 * d * f,

@@ -5,17 +5,17 @@ chunk, ``(b, c, P)`` numbers with ``P = 2 d f + 2 d``, only to apply each of the
 The dual form (the name comes from the TTT papers, Sun et al. 2024) never builds them. It rests on
 three facts:
 
-1. **Each token's gradient is a sum of outer products.** For ``M(x) = x + LN(W1 gelu(W2 x)) * g + b``
+1. **Each token's gradient is a sum of outer products.** For ``M(x) = x + LN(W2 gelu(W1 x)) * g + b``
    at the chunk's weights (eq. 16), token s's gradient of eq. (12) is, layer by layer,
-   ``grad W2 = da_s k_s^T``, ``grad W1 = do_s z_s^T``, ``grad g = e_s * n_s``, ``grad b = e_s``
+   ``grad W1 = da_s k_s^T``, ``grad W2 = do_s z_s^T``, ``grad g = e_s * n_s``, ``grad b = e_s``
    (:func:`mlp_gradient_factors`): a few vectors per token instead of P numbers.
 2. **Momentum and forgetting are linear.** Inside a chunk, eqs. (13)-(14) give every weight as
    ``W_t = D_t W_prev + B_t S_prev + sum_{s<=t} C_ts G_s``, with scalar coefficients built from
    the rates (:func:`chunk_coefficients`): ``C = L_(1-alpha) L_eta diag(-theta u)``, a product of
    two *decay matrices* (:func:`decay_matrix`), the matrix form of chapter 3's recurrence.
-3. **Then every read is attention-like.** ``W2_t q_t = D_t W2_prev q_t + B_t S2_prev q_t +
+3. **Then every read is attention-like.** ``W1_t q_t = D_t W1_prev q_t + B_t S1_prev q_t +
    sum_s C_ts (k_s . q_t) da_s``: a ``c x c`` matrix ``C * (Q K^T)`` applied to the rows ``da_s``,
-   and the same again for ``W1`` with the hidden vectors (:func:`dual_chunk`).
+   and the same again for ``W2`` with the hidden vectors (:func:`dual_chunk`).
 
 Only the chunk-end weights and momentum (the state) are built. Cost per chunk ``O(c d f + c^2 (d + f))``
 and memory ``O(c (d + f))`` instead of ``O(c d f)``. The result is the same numbers as the
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Weights = tuple[Tensor, ...]
-"""Fast weights ``(W2 (b, f, d), W1 (b, d, f), ln_gain (b, d), ln_bias (b, d))``."""
+"""Fast weights ``(W1 (b, f, d), W2 (b, d, f), ln_gain (b, d), ln_bias (b, d))``."""
 
 
 def gelu_derivative(a: Tensor) -> Tensor:
@@ -43,15 +43,15 @@ def gelu_derivative(a: Tensor) -> Tensor:
 class GradientFactors(NamedTuple):
     """Token s's gradient of eq. (12) at weights W, in factored form (every field ``(b, c, .)``).
 
-    ``grad W2 = delta_hidden_s keys_s^T``, ``grad W1 = delta_out_s hidden_s^T``,
+    ``grad W1 = delta_hidden_s keys_s^T``, ``grad W2 = delta_out_s hidden_s^T``,
     ``grad ln_gain = grad_gain_s``, ``grad ln_bias = grad_bias_s``; ``scale_s`` is the per-token
     clip factor ``bound / max(||G_s||, bound)`` (chapter 4), ``(b, c)``.
     """
 
     keys: Tensor          # k_s                      (b, c, d)
-    hidden: Tensor        # z_s = gelu(W2 k_s)       (b, c, f)
-    delta_hidden: Tensor  # da_s = dl / d(W2 k_s)    (b, c, f)
-    delta_out: Tensor     # do_s = dl / d(W1 z_s)    (b, c, d)
+    hidden: Tensor        # z_s = gelu(W1 k_s)       (b, c, f)
+    delta_hidden: Tensor  # da_s = dl / d(W1 k_s)    (b, c, f)
+    delta_out: Tensor     # do_s = dl / d(W2 z_s)    (b, c, d)
     grad_gain: Tensor     # e_s * n_s                (b, c, d)
     grad_bias: Tensor     # e_s                      (b, c, d)
     scale: Tensor         # u_s                      (b, c)
@@ -60,15 +60,15 @@ class GradientFactors(NamedTuple):
 def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, eps: float) -> GradientFactors:
     """Eq. (12)'s gradient ``grad l(W; k_s, v_s)`` for every token at the same weights, by hand.
 
-    weights: ``(W2 (b, f, d), W1 (b, d, f), gain (b, d), bias (b, d))``; k, v: (b, c, d).
-    The forward ``a = W2 k, z = gelu(a), o = W1 z, n = LN(o), M(k) = k + n * g + b`` and its
+    weights: ``(W1 (b, f, d), W2 (b, d, f), gain (b, d), bias (b, d))``; k, v: (b, c, d).
+    The forward ``a = W1 k, z = gelu(a), o = W2 z, n = LN(o), M(k) = k + n * g + b`` and its
     backward from ``e = 2 (M(k) - v)``, written out in torch ops, so autograd can differentiate
     *through* it (training needs these gradients' own gradients).
     """
-    w2, w1, gain, bias = weights
-    a = k @ w2.mT                                               # (b, c, f)
+    w1, w2, gain, bias = weights
+    a = k @ w1.mT                                               # (b, c, f)
     z = F.gelu(a)
-    o = z @ w1.mT                                               # (b, c, d)
+    o = z @ w2.mT                                               # (b, c, d)
     centered = o - o.mean(-1, keepdim=True)
     inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
     normed = centered * inv_std                                 # n_s
@@ -77,8 +77,8 @@ def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, e
     # the layer norm's backward: d o = (dn - mean(dn) - n mean(dn * n)) / std
     delta_out = inv_std * (delta_normed - delta_normed.mean(-1, keepdim=True)
                            - normed * (delta_normed * normed).mean(-1, keepdim=True))
-    # (W1^T do) * gelu'(a), by PyTorch's fused GELU backward: one op instead of gelu_derivative's ten
-    delta_hidden = torch.ops.aten.gelu_backward(delta_out @ w1, a)  # (b, c, f)
+    # (W2^T do) * gelu'(a), by PyTorch's fused GELU backward: one op instead of gelu_derivative's ten
+    delta_hidden = torch.ops.aten.gelu_backward(delta_out @ w2, a)  # (b, c, f)
     grad_gain = error * normed
     # ||G_s||^2 over all fast weights; an outer product's norm is the product of the two norms
     def sq(t: Tensor) -> Tensor:                                # |t_s|^2 per token, (b, c)
@@ -172,14 +172,14 @@ def dual_chunk(weights: Weights, momentum: Weights, chunk_weights: Weights, k: T
     coef = chunk_coefficients(theta, eta, alpha, grads.scale)
     y = None
     if q is not None:
-        w2, w1, gain, bias = weights
-        s2, s1, s_gain, s_bias = momentum
+        w1, w2, gain, bias = weights
+        s1, s2, s_gain, s_bias = momentum
         decay, from_momentum = coef.decay[..., None], coef.from_momentum[..., None]  # (b, c, 1)
-        # W2_t q_t, with W2_t = D_t W2_prev + B_t S2_prev + sum_s C_ts da_s k_s^T
-        a = (decay * (q @ w2.mT) + from_momentum * (q @ s2.mT)
+        # W1_t q_t, with W1_t = D_t W1_prev + B_t S1_prev + sum_s C_ts da_s k_s^T
+        a = (decay * (q @ w1.mT) + from_momentum * (q @ s1.mT)
              + (coef.mix * (q @ k.mT)) @ grads.delta_hidden)                        # (b, c, f)
         z = F.gelu(a)
-        o = (decay * (z @ w1.mT) + from_momentum * (z @ s1.mT)
+        o = (decay * (z @ w2.mT) + from_momentum * (z @ s2.mT)
              + (coef.mix * (z @ grads.hidden.mT)) @ grads.delta_out)                # (b, c, d)
         gain_t = decay * gain[:, None] + from_momentum * s_gain[:, None] + coef.mix @ grads.grad_gain
         bias_t = decay * bias[:, None] + from_momentum * s_bias[:, None] + coef.mix @ grads.grad_bias

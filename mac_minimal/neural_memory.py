@@ -3,7 +3,7 @@
 Behrouz, Zhong, Mirrokni 2024 (arXiv 2501.00663 v1). The paper asks for an MLP of L_M >= 1 layers;
 this book's memory is the two-layer residual MLP
 
-    M(x) = x + LN(W1 gelu(W2 x))          (TTT-MLP's form, Sun et al. 2024; titans-pytorch's default)
+    M(x) = x + LN(W2 gelu(W1 x))          (TTT-MLP's form, Sun et al. 2024; titans-pytorch's default)
 
 whose weights are *fast weights*: they change while the model reads its input.
 Writing a token ``x_t`` is one step of gradient descent with momentum and decay
@@ -46,7 +46,7 @@ from mac_minimal.scan_kernel import associative_scan
 from mac_minimal.checks import require_positive_int
 
 Weights = tuple[Tensor, ...]
-"""Fast weights ``(W2, W1, ln_gain, ln_bias)``; shapes ``(f, d), (d, f), (d,), (d,)``,
+"""Fast weights ``(W1, W2, ln_gain, ln_bias)``; shapes ``(f, d), (d, f), (d,), (d,)``,
 each with leading batch dimensions where the memory is batched."""
 
 
@@ -100,15 +100,15 @@ class NeuralMemoryState(NamedTuple):
 
 
 def memory_mlp(weights: Weights, x: Tensor, eps: float = 1e-5) -> Tensor:
-    """The memory ``M(x) = x + LN(W1 gelu(W2 x))`` for ONE set of fast weights.
+    """The memory ``M(x) = x + LN(W2 gelu(W1 x))`` for ONE set of fast weights.
 
-    weights: ``(W2 (f, d), W1 (d, f), gain (d,), bias (d,))``; the layer norm's affine
+    weights: ``(W1 (f, d), W2 (d, f), gain (d,), bias (d,))``; the layer norm's affine
     gain and bias are fast weights too. x: ``(..., d)`` -> ``(..., d)``. Batch it with
-    ``torch.func.vmap``, or give weights leading batch dims (``W2 (b, f, d)``, x ``(b, n, d)``,
+    ``torch.func.vmap``, or give weights leading batch dims (``W1 (b, f, d)``, x ``(b, n, d)``,
     gain and bias ``(b, 1, d)``).
     """
-    w2, w1, gain, bias = weights
-    out = F.gelu(x @ w2.mT) @ w1.mT  # (..., f) -> (..., d)
+    w1, w2, gain, bias = weights
+    out = F.gelu(x @ w1.mT) @ w2.mT  # (..., f) -> (..., d)
     # layer norm written out: F.layer_norm's double backward under vmap gives wrong
     # gradients w.r.t. its input (torch 2.13; pytorch/functorch#534), and training
     # backpropagates through the gradients of the write
@@ -184,7 +184,7 @@ def full_precision(method: Method) -> Method:
     """
     @functools.wraps(method)
     def wrapper(self: "NeuralMemory", *args: object, **kwargs: object) -> object:
-        dtype = self.init_w2.dtype
+        dtype = self.init_w1.dtype
 
         def cast(a: object) -> object:
             return a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a
@@ -219,19 +219,19 @@ class NeuralMemory(nn.Module):
         with torch.no_grad():
             self.to_rates.weight.mul_(0.1)
             self.to_rates.bias.copy_(torch.tensor([0.0, 2.0, -4.0]))
-        # M_0: W2 (f, d), W1 (d, f), layer-norm gain and bias (d,). Keys and queries are unit
-        # vectors, so W2 ~ N(0, 1) gives unit-variance pre-activations; the gain d^-1/2 gives
+        # M_0: W1 (f, d), W2 (d, f), layer-norm gain and bias (d,). Keys and queries are unit
+        # vectors, so W1 ~ N(0, 1) gives unit-variance pre-activations; the gain d^-1/2 gives
         # the LN branch a unit norm, like the residual x.
-        self.init_w2 = nn.Parameter(torch.randn(f, d))
-        self.init_w1 = nn.Parameter(torch.randn(d, f) / f**0.5)
+        self.init_w1 = nn.Parameter(torch.randn(f, d))
+        self.init_w2 = nn.Parameter(torch.randn(d, f) / f**0.5)
         self.init_ln_gain = nn.Parameter(torch.full((d,), d**-0.5))
         self.init_ln_bias = nn.Parameter(torch.zeros(d))
 
     # ---------------------------------------------------------------- inputs
     @property
     def initial_weights(self) -> Weights:
-        """M_0 as ``(W2, W1, ln_gain, ln_bias)``, unbatched."""
-        return (self.init_w2, self.init_w1, self.init_ln_gain, self.init_ln_bias)
+        """M_0 as ``(W1, W2, ln_gain, ln_bias)``, unbatched."""
+        return (self.init_w1, self.init_w2, self.init_ln_gain, self.init_ln_bias)
 
     def init_state(self, batch_size: int) -> NeuralMemoryState:
         """A fresh memory per batch element: M_0 expanded over the batch, zero momentum."""
@@ -394,8 +394,8 @@ class NeuralMemory(nn.Module):
         q_input: (b, n, d) -> y: (b, n, d). No update.
         """
         self._check(q_input, state, name="q_input")
-        w2, w1, gain, bias = state.weights                    # gain, bias (b, d) -> (b, 1, d)
-        return memory_mlp((w2, w1, gain[:, None], bias[:, None]), self.queries(q_input), self.config.ln_eps)
+        w1, w2, gain, bias = state.weights                    # gain, bias (b, d) -> (b, 1, d)
+        return memory_mlp((w1, w2, gain[:, None], bias[:, None]), self.queries(q_input), self.config.ln_eps)
 
     def _read_per_token(self, weights: Weights, q: Tensor) -> Tensor:
         """``y_t = M_t(q_t)`` with per-token weights ``(b, c, *shape)``, q (b, c, d) -> (b, c, d)."""

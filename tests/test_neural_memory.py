@@ -49,9 +49,9 @@ def state_summary(state: NeuralMemoryState) -> torch.Tensor:
 # ---------------------------------------------------------------- the MLP and its gradient
 def test_memory_mlp_is_residual_layer_norm_mlp():
     model = make()
-    w2, w1, gain, bias = (p.detach() for p in model.initial_weights)
+    w1, w2, gain, bias = (p.detach() for p in model.initial_weights)
     x = tokens(n=4)
-    expected = x + F.layer_norm(F.gelu(x @ w2.T) @ w1.T, (DIM,), gain, bias, 1e-5)
+    expected = x + F.layer_norm(F.gelu(x @ w1.T) @ w2.T, (DIM,), gain, bias, 1e-5)
     assert_close(memory_mlp(model.initial_weights, x), expected)
 
 
@@ -330,6 +330,15 @@ def test_config_errors():
         NeuralMemoryConfig(dim=0)
     with pytest.raises(ValueError, match="grad_bound"):
         NeuralMemoryConfig(grad_bound=0.0)
+
+
+def test_memory_of_its_own_needs_a_dim():
+    """``dim=None`` means 'the MAC layer's width': a config may leave it open, a memory may not."""
+    with pytest.raises(ValueError, match="dim") as error:
+        NeuralMemory(NeuralMemoryConfig())
+    assert "NeuralMemoryConfig.dim" in str(error.value)
+    with pytest.raises(ValueError, match="NeuralMemoryConfig.dim"):
+        NeuralMemoryConfig(dim=0)
 
 
 def test_input_errors():
