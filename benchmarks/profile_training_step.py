@@ -23,8 +23,8 @@ import torch
 from torch.profiler import profile
 
 from bench_training_step import SETTINGS
-from common import RESULTS, environment, median_seconds, training_step, write_json
-from mac_minimal.model import MACConfig, MACTransformer
+from common import RESULTS, environment, mac_config, median_seconds, training_step, write_json
+from mac_minimal.model import MACTransformer
 
 
 def memories_alone(model: MACTransformer, seq_len: int, batch: int):
@@ -74,8 +74,8 @@ def main() -> None:
     for key, setting in SETTINGS.items():
         cfg, n, b = setting["config"], setting["seq_len"], setting["batch"]
         torch.manual_seed(0)
-        mac = MACTransformer(MACConfig(**cfg))
-        no_memory = MACTransformer(MACConfig(**cfg, use_memory=False))
+        mac = MACTransformer(mac_config(**cfg))
+        no_memory = MACTransformer(mac_config(**cfg, use_memory=False))
         tokens = torch.randint(0, cfg["vocab_size"], (b, n + 1), generator=torch.Generator().manual_seed(0))
         jobs = {"mac_step": training_step(mac, tokens), "no_memory_step": training_step(no_memory, tokens),
                 "memories_alone": memories_alone(mac, n, b)}

@@ -45,13 +45,6 @@ __all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MA
 COMBINES = ("sum", "gate", "mlp")
 
 
-def _default_memory() -> NeuralMemoryConfig:
-    """The MAC layer's memory unless told otherwise: the layer's width, chunks of 8 tokens, and a
-    step-size cap of 0.03 instead of the memory's own 0.1 (chapter 8: a smaller step keeps the
-    gradient through the chain of writes tame, ``benchmarks/mac_trainability.py``)."""
-    return NeuralMemoryConfig(chunk_size=8, max_lr=0.03)
-
-
 @dataclass
 class MACAttentionConfig(PersistentMemoryConfig):
     """Hyper-parameters of one MAC layer: chapter 5's persistent memory (``dim``, ``heads``,
@@ -65,8 +58,9 @@ class MACAttentionConfig(PersistentMemoryConfig):
     memory_scale_init: None combines ``y`` with ``m = M*_t(y)`` as eq. (25) writes it; a number
         adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``. Default
         0.0: MAC starts as if ``o = y`` and learns how much of the memory term to use (chapter 8).
-    memory: the neural memory (chapter 4's :class:`NeuralMemoryConfig`); its ``dim`` is left None
-        (the layer's width); its ``chunk_size`` (eq. 16) is independent of ``segment_len``.
+    memory: the neural memory (chapter 4's :class:`NeuralMemoryConfig`, whose defaults are MAC's:
+        chunks of 8 tokens, step size capped at 0.03); its ``dim`` is left None (the layer's
+        width); its ``chunk_size`` (eq. 16) is independent of ``segment_len``.
     """
 
     segment_len: int = 16
@@ -74,7 +68,7 @@ class MACAttentionConfig(PersistentMemoryConfig):
     use_memory: bool = True
     rotary_base: float = 10000.0
     memory_scale_init: float | None = 0.0
-    memory: NeuralMemoryConfig = field(default_factory=_default_memory)
+    memory: NeuralMemoryConfig = field(default_factory=NeuralMemoryConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -58,15 +58,17 @@ class NeuralMemoryConfig:
         layer (:class:`~mac_minimal.mac_attention.MACAttentionConfig`), means the layer's width.
     chunk_size: c, tokens whose gradients are taken at the same weights (eq. 16).
     expansion: hidden width of the MLP is ``expansion * dim`` (4, as in TTT-MLP and titans-pytorch).
-    max_lr: the step size ``theta_t`` lies in (0, max_lr).
+    max_lr: the step size ``theta_t`` lies in (0, max_lr). Default 0.03, what MAC needs to train
+        (chapter 8: a smaller step keeps the gradient through the chain of writes tame,
+        ``benchmarks/mac_trainability.py``); chapter 4 works with 0.1.
     grad_bound: bound on the norm of each token's gradient (all fast weights together).
     ln_eps: epsilon of the layer norm inside the MLP.
     """
 
     dim: int | None = None
-    chunk_size: int = 4
+    chunk_size: int = 8
     expansion: int = 4
-    max_lr: float = 0.1
+    max_lr: float = 0.03
     grad_bound: float = 1.0
     ln_eps: float = 1e-5
 
