@@ -80,6 +80,14 @@ def read_memory(query: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Te
         ``(out, weights)``: ``out`` ``(b, m, v_dim)`` the weighted sum of the values,
         ``weights`` ``(b, m, s)`` the attention weights (each row sums to 1).
     """
+    _check_read(query, keys, values)
+    scores = query @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5  # (b, m, s)
+    weights = scores.softmax(dim=-1)
+    return weights @ values, weights
+
+
+def _check_read(query: Tensor, keys: Tensor, values: Tensor) -> None:
+    """Raise a ValueError naming the expected shapes unless :func:`read_memory` can read."""
     for name, t in (("query", query), ("keys", keys), ("values", values)):
         if t.dim() != 3:
             raise ValueError(f"{name} must be 3-D (batch, rows, features), got shape {tuple(t.shape)}")
@@ -89,9 +97,6 @@ def read_memory(query: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Te
     if values.shape[:2] != (b, s):
         raise ValueError(f"values must have shape (b={b}, s={s}, v_dim) to match keys, "
                          f"got {tuple(values.shape)}")
-    scores = query @ keys.transpose(1, 2) / d**0.5  # (b, m, s)
-    weights = scores.softmax(dim=-1)
-    return weights @ values, weights
 
 
 class MemoryState:

@@ -242,21 +242,25 @@ class NeuralMemory(nn.Module):
         momentum = tuple(torch.zeros_like(w) for w in weights)
         return NeuralMemoryState(weights, momentum, weights, 0)
 
-    def _check(self, x: Tensor, state: NeuralMemoryState | None = None, name: str = "x") -> None:
-        """Raise a ValueError naming the expected shape unless x is (batch, seq >= 1, dim)."""
+    def _prepare(self, x: Tensor, state: NeuralMemoryState | None = None, name: str = "x") -> NeuralMemoryState:
+        """``state``, or a fresh one if None, after checking that x is (batch, seq >= 1, dim) with the
+        state's batch size (a ValueError naming what was expected otherwise)."""
         if x.dim() != 3:
             raise ValueError(f"{name} must have shape (batch, seq, dim), got rank {x.dim()} shape {tuple(x.shape)}")
         if x.shape[-1] != self.config.dim:
             raise ValueError(f"{name}'s last dimension must be dim={self.config.dim}, got {x.shape[-1]}")
         if x.shape[1] < 1:
             raise ValueError(f"{name} must hold at least one token (seq >= 1), got shape {tuple(x.shape)}")
-        if state is not None and state.weights[0].shape[0] != x.shape[0]:
+        if state is None:
+            return self.init_state(x.shape[0])
+        if state.weights[0].shape[0] != x.shape[0]:
             raise ValueError(f"{name} has batch size {x.shape[0]} but the state holds "
                              f"{state.weights[0].shape[0]} memories (batch size)")
+        return state
 
     def _check_kv(self, k: Tensor, v: Tensor, rates: tuple[Tensor, ...], state: NeuralMemoryState) -> None:
         """Keys and values (b, n, dim), each rate (b, n)."""
-        self._check(k, state, name="k")
+        self._prepare(k, state, name="k")
         if v.shape != k.shape:
             raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
         for name, rate in zip(("theta", "eta", "alpha"), rates):
@@ -348,13 +352,13 @@ class NeuralMemory(nn.Module):
     @full_precision
     def write(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18), in the dual form."""
-        self._check(x, state)
+        state = self._prepare(x, state)
         return self.write_kv(*self.keys_values(x), *self.rates(x), state)
 
     @full_precision
     def write_materialized(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Reference of ``write``: the chunk-parallel form that builds every token's weights."""
-        self._check(x, state)
+        state = self._prepare(x, state)
         return self._write_chunks_materialized(*self.keys_values(x), *self.rates(x), state)[0]
 
     @full_precision
@@ -385,7 +389,7 @@ class NeuralMemory(nn.Module):
     @full_precision
     def write_sequential(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Token-by-token reference of ``write``: x (b, n, d)."""
-        self._check(x, state)
+        state = self._prepare(x, state)
         return self.write_kv_sequential(*self.keys_values(x), *self.rates(x), state)
 
     # ---------------------------------------------------------------- read
@@ -395,7 +399,7 @@ class NeuralMemory(nn.Module):
 
         q_input: (b, n, d) -> y: (b, n, d). No update.
         """
-        self._check(q_input, state, name="q_input")
+        state = self._prepare(q_input, state, name="q_input")
         w1, w2, gain, bias = state.weights                    # gain, bias (b, d) -> (b, 1, d)
         return memory_mlp((w1, w2, gain[:, None], bias[:, None]), self.queries(q_input), self.config.ln_eps)
 
@@ -413,9 +417,7 @@ class NeuralMemory(nn.Module):
 
         x: (b, n, d) -> y: (b, n, d), and the state after the last token.
         """
-        self._check(x, state)
-        if state is None:
-            state = self.init_state(x.shape[0])
+        state = self._prepare(x, state)
         state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=self.queries(x))
         return y, state
 
@@ -423,9 +425,7 @@ class NeuralMemory(nn.Module):
     def forward_materialized(self, x: Tensor, state: NeuralMemoryState | None = None
                              ) -> tuple[Tensor, NeuralMemoryState]:
         """Reference of ``forward``: chapter 4's chunk-parallel form, every token's weights built."""
-        self._check(x, state)
-        if state is None:
-            state = self.init_state(x.shape[0])
+        state = self._prepare(x, state)
         state, y = self._write_chunks_materialized(*self.keys_values(x), *self.rates(x), state,
                                                    q=self.queries(x))
         return y, state
@@ -434,9 +434,7 @@ class NeuralMemory(nn.Module):
     def forward_sequential(self, x: Tensor, state: NeuralMemoryState | None = None
                            ) -> tuple[Tensor, NeuralMemoryState]:
         """Reference of ``forward``: for each token, write it (loop), then read it."""
-        self._check(x, state)
-        if state is None:
-            state = self.init_state(x.shape[0])
+        state = self._prepare(x, state)
         outputs = []
         for t in range(x.shape[1]):
             state = self.write_sequential(x[:, t:t + 1], state)

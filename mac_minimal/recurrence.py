@@ -24,6 +24,11 @@ The code is split by what depends on ``h_{t-1}``:
 
 Shapes: ``b`` batch, ``n`` sequence, ``d`` model dim (``config.dim``), ``s`` memory slots.
 Nothing runs at import time.
+
+Names: the weights are named after the MM-Rec design's equations above (``W_q`` is W_Q, ``W_g``
+the gate's W_g, ``W_o`` is W_O), so that chapter 2's eq. (2.1) and its cells read them off the
+equations. The attention layers of chapters 5 to 7 follow the Titans implementations instead
+(``to_q``, ``to_kv``, ``to_out``).
 """
 
 from dataclasses import dataclass

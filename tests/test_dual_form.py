@@ -28,6 +28,8 @@ from mac_minimal.neural_memory import (
 from mac_minimal.scan import scan_sequential
 from mac_minimal.scan_kernel import associative_scan
 
+from gradients import assert_same_values_and_gradients, probe_gradients
+
 DIM = 6
 
 
@@ -46,13 +48,6 @@ def batched_weights(model: NeuralMemory, b: int) -> tuple[torch.Tensor, ...]:
     return tuple((p.detach().expand(b, *p.shape) + 0.3 * torch.randn(b, *p.shape, dtype=p.dtype,
                                                                        generator=noise)).requires_grad_()
                  for p in model.initial_weights)
-
-
-def grads_of(outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Gradients of a random projection of ``outputs`` (same probe for both forms)."""
-    gen = torch.Generator().manual_seed(11)
-    total = sum((o * torch.randn(o.shape, dtype=o.dtype, generator=gen)).sum() for o in outputs)
-    return torch.autograd.grad(total, inputs, materialize_grads=True)
 
 
 def state_tensors(state: NeuralMemoryState) -> list[torch.Tensor]:
@@ -90,7 +85,7 @@ def test_gradient_factors_equal_torch_func_gradients_and_their_gradients():
     assert (factors.scale < 1).any() and (factors.scale == 1).any()  # both branches of the clip
     inputs = [k, v, *weights]
     scaled = [g * factors.scale.reshape(b, n, *[1] * (g.dim() - 2)) for g in by_hand]
-    for mine, ref in zip(grads_of(scaled, inputs), grads_of(list(clipped), inputs)):
+    for mine, ref in zip(probe_gradients(scaled, inputs), probe_gradients(list(clipped), inputs)):
         assert_close(mine, ref)
 
 
@@ -133,14 +128,9 @@ def test_forward_equals_materialized_values_and_gradients(chunk_size, n):
     x = tokens(n=n).requires_grad_()
     y_dual, s_dual = model(x)
     y_ref, s_ref = model.forward_materialized(x)
-    assert_close(y_dual, y_ref)
-    for a, b in zip(state_tensors(s_dual), state_tensors(s_ref)):
-        assert_close(a, b)
     assert s_dual.offset == s_ref.offset == n % chunk_size
-    inputs = [x, *model.parameters()]
-    for a, b in zip(grads_of([y_dual, *s_dual.weights, *s_dual.momentum], inputs),
-                    grads_of([y_ref, *s_ref.weights, *s_ref.momentum], inputs)):
-        assert_close(a, b)
+    assert_same_values_and_gradients([y_dual, *state_tensors(s_dual)], [y_ref, *state_tensors(s_ref)],
+                                     [x, *model.parameters()])
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 4])
@@ -149,11 +139,7 @@ def test_write_equals_materialized_write(chunk_size):
     x = tokens(n=10)
     dual = model.write(x, model.init_state(2))
     ref = model.write_materialized(x, model.init_state(2))
-    for a, b in zip(state_tensors(dual), state_tensors(ref)):
-        assert_close(a, b)
-    inputs = list(model.parameters())
-    for a, b in zip(grads_of(state_tensors(dual), inputs), grads_of(state_tensors(ref), inputs)):
-        assert_close(a, b)
+    assert_same_values_and_gradients(state_tensors(dual), state_tensors(ref), list(model.parameters()))
 
 
 @pytest.mark.parametrize("chunk_size", [3, 4])
@@ -163,16 +149,11 @@ def test_streaming_split_at_every_token_equals_the_reference(chunk_size):
     n = 10
     x = tokens(n=n).requires_grad_()
     y_ref, s_ref = model.forward_materialized(x)
-    ref_grads = grads_of([y_ref, *s_ref.weights], [x, *model.parameters()])
     for cut in range(1, n):
         y1, state = model(x[:, :cut])
         y2, state = model(x[:, cut:], state)
-        y = torch.cat((y1, y2), dim=1)
-        assert_close(y, y_ref)
-        for a, b in zip(state_tensors(state), state_tensors(s_ref)):
-            assert_close(a, b)
-        for a, b in zip(grads_of([y, *state.weights], [x, *model.parameters()]), ref_grads):
-            assert_close(a, b)
+        assert_same_values_and_gradients([torch.cat((y1, y2), dim=1), *state_tensors(state)],
+                                         [y_ref, *state_tensors(s_ref)], [x, *model.parameters()])
 
 
 def test_extreme_rates_total_forgetting_and_no_momentum():

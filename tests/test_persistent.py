@@ -17,6 +17,8 @@ from mac_minimal.persistent import (
 )
 from mac_minimal.rotary import apply_rotary
 
+from gradients import assert_same_values_and_gradients
+
 DT = torch.float64
 MODES = ("kv", "tokens")
 TIGHT = dict(rtol=1e-10, atol=1e-12)
@@ -56,14 +58,6 @@ def loop_reference(layer: PersistentAttention, x: torch.Tensor, positions: torch
         w = torch.softmax(torch.einsum("bhe,bhje->bhj", query, keys) / math.sqrt(e), dim=-1)
         out[:, :, i] = torch.einsum("bhj,bhje->bhe", w, values)
     return layer.to_out(out.transpose(1, 2).reshape(b, n, d))
-
-
-def assert_equal_with_gradients(layer, out, ref, x):
-    """out == ref, and so are their gradients with respect to x and every parameter of layer."""
-    assert_close(out, ref, **TIGHT)
-    g, wrt = torch.randn_like(out), [x, *layer.parameters()]
-    for a, r in zip(torch.autograd.grad(out, wrt, g), torch.autograd.grad(ref, wrt, g)):
-        assert_close(a, r, **TIGHT)
 
 
 # --- the mask -----------------------------------------------------------------------------------
@@ -149,7 +143,7 @@ def test_layer_equals_loop_reference_with_gradients(mode):
     pos = torch.arange(6) + 3
     y = layer(x, pos)
     assert y.shape == (2, 6, 16)
-    assert_equal_with_gradients(layer, y, loop_reference(layer, x, pos), x)
+    assert_same_values_and_gradients([y], [loop_reference(layer, x, pos)], [x, *layer.parameters()], **TIGHT)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -161,7 +155,7 @@ def test_sdpa_output_equals_explicit_weights_times_values(mode):
     assert_close(w.sum(-1), torch.ones(2, 2, 5, dtype=DT), **TIGHT)
     _, _, v = layer.qkv(x)
     explicit = layer.to_out((w @ v).transpose(1, 2).reshape(2, 5, 16))
-    assert_equal_with_gradients(layer, layer(x), explicit, x)
+    assert_same_values_and_gradients([layer(x)], [explicit], [x, *layer.parameters()], **TIGHT)
 
 
 @pytest.mark.parametrize("mode", MODES)
