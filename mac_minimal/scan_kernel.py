@@ -230,7 +230,8 @@ def chunked_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None,
 
     Two loops of ``c`` steps (``chunk_size``, default ``ceil(sqrt(n))``) over all chunks, and
     one loop over the ``n / c`` chunk ends, instead of one loop of ``n`` steps; same
-    arguments and result as :func:`associative_scan`.
+    arguments and result as :func:`associative_scan`. (These chunks are the scan's own; the
+    neural memory's chunk of eq. 16 is ``NeuralMemoryConfig.chunk_size``, a different thing.)
     """
     check_scan_inputs(a, b, h0)
     if chunk_size is None:
