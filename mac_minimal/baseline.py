@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mac_minimal.attention import causal_attention, merge_heads, split_heads
 from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads, require_tokens
 from mac_minimal.layers import FeedForward
-from mac_minimal.rotary import apply_rotary
+from mac_minimal.rotary import ROTARY_BASE, apply_rotary
 
 __all__ = ["FullAttentionConfig", "FullAttentionTransformer"]
 
@@ -59,7 +59,7 @@ class FullAttentionConfig:
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.positions == "rotary":
-            require_rotary_heads(self.dim, self.heads)
+            require_rotary_heads(self.dim, self.heads, ROTARY_BASE)
 
     @property
     def hidden(self) -> int:

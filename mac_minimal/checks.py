@@ -1,5 +1,7 @@
-"""The input checks modules share, each with one message format: a whole number, a rotary head
-width, a batch of token ids. Each names what was expected and what was given."""
+"""The input checks modules share, each with one message format: a whole number, a real number in
+a range, a rotary head width, a batch of token ids. Each names what was expected and what was given."""
+
+import math
 
 import torch
 from torch import Tensor
@@ -17,7 +19,19 @@ def require_positive_int(name: str, value: object) -> None:
     require_int(name, value, minimum=1)
 
 
-def require_rotary_heads(dim: int, heads: int, base: float = 10000.0) -> None:
+def require_number(name: str, value: float, low: float | None = None, high: float | None = None,
+                   closed: bool = False) -> None:
+    """Raise ``ValueError("<name> must be <bound>, got <value>")`` unless ``value`` is a finite number
+    above ``low`` (at least ``low`` if ``closed``) and at most ``high``; no bounds: any finite number."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    too_low = is_number and low is not None and (value < low if closed else value <= low)
+    if not is_number or not math.isfinite(value) or too_low or (high is not None and value > high):
+        bound = "any finite number" if low is None else (
+            f"{'>=' if closed else '>'} {low:g}" + ("" if high is None else f" and <= {high:g}"))
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def require_rotary_heads(dim: int, heads: int, base: float) -> None:
     """Raise ``ValueError`` unless ``dim`` splits into ``heads`` heads of an even width (rotary turns
     pairs of features) and the rotary ``base`` is > 1 (so the angles slow down along the pairs)."""
     if dim % heads != 0 or (dim // heads) % 2 != 0:

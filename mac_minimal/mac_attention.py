@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from mac_minimal.attention import attention_weights, masked_attention, merge_heads, split_heads
-from mac_minimal.checks import require_positive_int, require_rotary_heads
+from mac_minimal.checks import require_number, require_positive_int
 from mac_minimal.layers import FeedForward
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
 from mac_minimal.persistent import PersistentKV, PersistentMemoryConfig, causal_mask_with_prefix
@@ -47,14 +47,13 @@ COMBINES = ("sum", "gate", "mlp")
 
 @dataclass
 class MACAttentionConfig(PersistentMemoryConfig):
-    """Hyper-parameters of one MAC layer: chapter 5's persistent memory (``dim``, ``heads``,
-    ``num_persistent``, P key/value slots per head, eq. 19) plus
+    """Hyper-parameters of one MAC layer: chapter 5's attention with a persistent memory (``dim``,
+    ``heads``, ``num_persistent``, P key/value slots per head, eq. 19, and ``rotary_base``) plus
 
     segment_len: c, tokens per segment (attention never reaches across a segment boundary).
     combine: eq. (25)'s (x): ``"sum"`` ``y + M*(y)`` (default, chosen by the recall experiment of
         ``benchmarks/bench_combine.py``), ``"gate"`` ``y * sigmoid(M*(y))``, ``"mlp"`` ``MLP([y, M*(y)])``.
     use_memory: False drops the neural memory: attention over ``[persistent | S]`` and ``o = y``.
-    rotary_base: base of the rotary positions (``dim / heads`` must be even).
     memory_scale_init: None combines ``y`` with ``m = M*_t(y)`` as eq. (25) writes it; a number
         adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``. Default
         0.0: MAC starts as if ``o = y`` and learns how much of the memory term to use (chapter 8).
@@ -66,14 +65,14 @@ class MACAttentionConfig(PersistentMemoryConfig):
     segment_len: int = 16
     combine: str = "sum"
     use_memory: bool = True
-    rotary_base: float = 10000.0
     memory_scale_init: float | None = 0.0
     memory: NeuralMemoryConfig = field(default_factory=NeuralMemoryConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_positive_int("MACAttentionConfig.segment_len", self.segment_len)
-        require_rotary_heads(self.dim, self.heads, self.rotary_base)
+        if self.memory_scale_init is not None:
+            require_number("MACAttentionConfig.memory_scale_init", self.memory_scale_init)
         if self.combine not in COMBINES:
             raise ValueError(f"MACAttentionConfig.combine must be one of {COMBINES}, got {self.combine!r}")
         if not isinstance(self.memory, NeuralMemoryConfig):
@@ -82,6 +81,7 @@ class MACAttentionConfig(PersistentMemoryConfig):
             raise ValueError(f"MACAttentionConfig.memory.dim must be None (the layer's width) or "
                              f"dim={self.dim}, got {self.memory.dim}")
 
+    @property
     def memory_config(self) -> NeuralMemoryConfig:
         """``memory`` at this layer's width: the config of the layer's :class:`NeuralMemory`."""
         return replace(self.memory, dim=self.dim)
@@ -184,7 +184,7 @@ class MACAttention(nn.Module):
         self.combine: Combine | None = None
         self.memory_scale: nn.Parameter | None = None
         if config.use_memory:
-            self.memory = NeuralMemory(config.memory_config())
+            self.memory = NeuralMemory(config.memory_config)
             self.combine = Combine(d, config.combine)
             if config.memory_scale_init is not None:
                 self.memory_scale = nn.Parameter(torch.tensor(float(config.memory_scale_init)))

@@ -45,7 +45,8 @@ class MACConfig(MACAttentionConfig):
 
     vocab_size: V; depth: number of MAC blocks; ffn_mult: FFN hidden width = ``ffn_mult * dim``.
 
-    The defaults are the trainer's (``python -m mac_minimal.train``): a small model for a CPU.
+    The defaults are a small model for a CPU; the trainer (``python -m mac_minimal``) takes its
+    model defaults from them.
     ``use_memory=False`` is the same model without neural memory (segment-local attention +
     persistent slots; fewer parameters, see :func:`mac_minimal.layers.num_parameters`).
     """

@@ -43,7 +43,7 @@ from torch.func import grad, vmap
 
 from mac_minimal.dual_form import dual_chunk
 from mac_minimal.scan_kernel import associative_scan
-from mac_minimal.checks import require_positive_int
+from mac_minimal.checks import require_number, require_positive_int
 
 Weights = tuple[Tensor, ...]
 """Fast weights ``(W1, W2, ln_gain, ln_bias)``; shapes ``(f, d), (d, f), (d,), (d,)``,
@@ -78,9 +78,7 @@ class NeuralMemoryConfig:
         for name in ("chunk_size", "expansion"):
             require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
         for name in ("max_lr", "grad_bound", "ln_eps"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"NeuralMemoryConfig.{name} must be > 0, got {value!r}")
+            require_number(f"NeuralMemoryConfig.{name}", getattr(self, name), low=0.0)
 
 
 class NeuralMemoryState(NamedTuple):
@@ -240,7 +238,7 @@ class NeuralMemory(nn.Module):
         require_positive_int("batch_size", batch_size)
         weights = tuple(p.expand(batch_size, *p.shape) for p in self.initial_weights)
         momentum = tuple(torch.zeros_like(w) for w in weights)
-        return NeuralMemoryState(weights, momentum, weights, 0)
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=weights, offset=0)
 
     def _prepare(self, x: Tensor, state: NeuralMemoryState | None = None, name: str = "x") -> NeuralMemoryState:
         """``state``, or a fresh one if None, after checking that x is (batch, seq >= 1, dim) with the
@@ -298,7 +296,7 @@ class NeuralMemory(nn.Module):
         :func:`~mac_minimal.dual_form.dual_chunk` reads through them (chapter 4, 'The dual form').
         """
         cfg = self.config
-        weights, momentum, chunk_weights, offset = state
+        weights, momentum, chunk_weights, offset = state.weights, state.momentum, state.chunk_weights, state.offset
         lengths = chunk_lengths(k.shape[1], cfg.chunk_size, offset)
         # one split per input (not a slice per chunk: a slice's backward writes a full-length gradient)
         pieces = zip(*(t.split(lengths, dim=1) for t in (k, v, theta, eta, alpha)),
@@ -312,19 +310,20 @@ class NeuralMemory(nn.Module):
             if offset == 0:  # a new chunk starts at the weights just reached
                 chunk_weights = weights
         y = torch.cat(outputs, dim=1) if q is not None else None
-        return NeuralMemoryState(weights, momentum, chunk_weights, offset), y
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset), y
 
     def _write_chunks_materialized(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                       state: NeuralMemoryState, q: Tensor | None = None
                       ) -> tuple[NeuralMemoryState, Tensor | None]:
         """Write chunk by chunk; if ``q`` (b, n, d) is given, also read ``y_t = M_t(q_t)``.
 
-        The materialised form, the reference of the dual form: inside a chunk everything is parallel: the gradients at the chunk's first weights
-        (eq. 16), then momentum (eq. 18) and forgetting (eq. 13) as linear recurrences
-        ``h_t = a_t h_{t-1} + b_t`` by the associative scan, which yields M_t for every token: (b, c, P) numbers per chunk.
+        The materialised form, the reference of the dual form. Inside a chunk everything is parallel:
+        the gradients at the chunk's first weights (eq. 16), then momentum (eq. 18) and forgetting
+        (eq. 13) as linear recurrences ``h_t = a_t h_{t-1} + b_t`` by the associative scan, which
+        yields M_t for every token: (b, c, P) numbers per chunk.
         """
         cfg = self.config
-        weights, momentum, chunk_weights, offset = state
+        weights, momentum, chunk_weights, offset = state.weights, state.momentum, state.chunk_weights, state.offset
         shapes = [p.shape for p in self.initial_weights]
         # all fast weights as one vector per row, (b, P): two scans per chunk instead of eight
         flat_weights, flat_momentum = flatten_weights(weights, 1), flatten_weights(momentum, 1)
@@ -347,13 +346,14 @@ class NeuralMemory(nn.Module):
                 chunk_weights = weights
             start = end
         y = torch.cat(outputs, dim=1) if q is not None else None
-        return NeuralMemoryState(weights, unflatten_weights(flat_momentum, shapes), chunk_weights, offset), y
+        momentum = unflatten_weights(flat_momentum, shapes)
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset), y
 
     @full_precision
     def write(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18), in the dual form."""
         state = self._prepare(x, state)
-        return self.write_kv(*self.keys_values(x), *self.rates(x), state)
+        return self._write_chunks(*self.keys_values(x), *self.rates(x), state)[0]
 
     @full_precision
     def write_materialized(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
@@ -371,7 +371,7 @@ class NeuralMemory(nn.Module):
         """
         self._check_kv(k, v, (theta, eta, alpha), state)
         cfg = self.config
-        weights, momentum, chunk_weights, offset = state
+        weights, momentum, chunk_weights, offset = state.weights, state.momentum, state.chunk_weights, state.offset
         token_grad = vmap(grad(associative_loss), in_dims=(0, 0, 0, None))  # one memory per batch row
         for t in range(k.shape[1]):
             # eq. (12)'s gradient at the weights where this token's chunk began, bounded
@@ -384,7 +384,7 @@ class NeuralMemory(nn.Module):
             offset = (offset + 1) % cfg.chunk_size
             if offset == 0:
                 chunk_weights = weights
-        return NeuralMemoryState(weights, momentum, chunk_weights, offset)
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset)
 
     @full_precision
     def write_sequential(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:

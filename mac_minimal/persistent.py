@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mac_minimal.attention import attention_weights, masked_attention, merge_heads, split_heads
 from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads
-from mac_minimal.rotary import apply_rotary
+from mac_minimal.rotary import ROTARY_BASE, apply_rotary
 
 __all__ = [
     "PersistentMemoryConfig",
@@ -42,19 +42,24 @@ MODES = ("kv", "tokens")
 
 @dataclass
 class PersistentMemoryConfig:
-    """Sizes of a persistent memory: model width ``dim``, ``heads``, ``num_persistent`` slots."""
+    """An attention layer with a persistent memory: model width ``dim``, ``heads`` (``dim / heads``
+    even, for rotary), ``num_persistent`` slots per head, and the ``rotary_base`` of its positions.
+
+    :class:`PersistentAttentionConfig` adds how the slots are stored; chapter 6's
+    :class:`~mac_minimal.mac_attention.MACAttentionConfig` adds the segment and the neural memory.
+    """
 
     dim: int = 32
     heads: int = 4
     num_persistent: int = 4
+    rotary_base: float = ROTARY_BASE
 
     def __post_init__(self) -> None:
         name = type(self).__name__                  # also the configs built on this one
         require_positive_int(f"{name}.dim", self.dim)
         require_positive_int(f"{name}.heads", self.heads)
         require_int(f"{name}.num_persistent", self.num_persistent, minimum=0)
-        if self.dim % self.heads != 0:
-            raise ValueError(f"dim must be divisible by heads, got dim={self.dim}, heads={self.heads}")
+        require_rotary_heads(self.dim, self.heads, self.rotary_base)
 
     @property
     def head_dim(self) -> int:
@@ -63,20 +68,18 @@ class PersistentMemoryConfig:
 
 @dataclass
 class PersistentAttentionConfig(PersistentMemoryConfig):
-    """A :class:`PersistentMemoryConfig` plus how the slots are stored and the rotary base.
+    """A :class:`PersistentMemoryConfig` plus how the slots are stored.
 
     mode: ``"kv"`` (keys/values in attention space, not rotated) or ``"tokens"`` (prepended
-    model-space tokens at positions 0 .. N_p-1). ``head_dim = dim / heads`` must be even (rotary).
+    model-space tokens at positions 0 .. N_p-1).
     """
 
     mode: str = "kv"
-    rotary_base: float = 10000.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        require_rotary_heads(self.dim, self.heads, self.rotary_base)
 
 
 def causal_mask_with_prefix(n_queries: int, n_prefix: int, n_keys: int | None = None,

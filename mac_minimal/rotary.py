@@ -22,10 +22,13 @@ from torch import Tensor, nn
 
 from mac_minimal.checks import require_rotary_heads
 
-__all__ = ["rotary_angles", "apply_rotary", "RotaryEmbedding"]
+__all__ = ["ROTARY_BASE", "rotary_angles", "apply_rotary", "RotaryEmbedding"]
+
+ROTARY_BASE = 10000.0
+"""The usual base (Su et al. 2021): pair i turns by ``base ** (-2i / head_dim)`` per position."""
 
 
-def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
+def rotary_angles(positions: Tensor, head_dim: int, base: float = ROTARY_BASE) -> Tensor:
     """Angles ``m * theta_i`` of shape (n, head_dim / 2), computed in float64.
 
     positions: (n,). ``theta_i = base ** (-2i / head_dim)``, i = 0 .. head_dim/2 - 1.
@@ -35,7 +38,7 @@ def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Te
     return positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (n, head_dim/2)
 
 
-def apply_rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+def apply_rotary(x: Tensor, positions: Tensor, base: float = ROTARY_BASE) -> Tensor:
     """Rotate ``x`` of shape (..., n, head_dim) at positions (n,); same shape out.
 
     Typically x is (b, h, n, head_dim): queries or keys after the head split. The angles are
@@ -61,7 +64,7 @@ class RotaryEmbedding(nn.Module):
     positions (n,) -> rotated x, same shape. See :func:`apply_rotary`.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, base: float = ROTARY_BASE) -> None:
         super().__init__()
         require_rotary_heads(head_dim, heads=1, base=base)   # one head of width head_dim
         self.head_dim = head_dim

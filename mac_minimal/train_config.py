@@ -11,7 +11,6 @@
 command-line flag of :mod:`mac_minimal.cli` is one field of :class:`TrainConfig`.
 """
 
-import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
-from mac_minimal.checks import require_int, require_positive_int
+from mac_minimal.checks import require_int, require_number, require_positive_int
 from mac_minimal.data import RecallTask, recall_distance_range
 from mac_minimal.layers import num_parameters
 from mac_minimal.model import MACConfig, MACTransformer
@@ -90,13 +89,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values",
                      "num_keys"):
             require_positive_int(name, getattr(self, name))
-        _require_range("lr", self.lr, low=0.0)
-        _require_range("memory_max_lr", self.memory_max_lr, low=0.0)
-        _require_range("grad_clip", self.grad_clip, low=0.0)
-        _require_range("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
-        _require_range("weight_decay", self.weight_decay, low=0.0, closed=True)
+        require_number("lr", self.lr, low=0.0)
+        require_number("memory_max_lr", self.memory_max_lr, low=0.0)
+        require_number("grad_clip", self.grad_clip, low=0.0)
+        require_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
+        require_number("weight_decay", self.weight_decay, low=0.0, closed=True)
         if self.memory_scale_init is not None:
-            _require_range("memory_scale_init", self.memory_scale_init)
+            require_number("memory_scale_init", self.memory_scale_init)
         require_int("warmup_steps", self.warmup_steps, minimum=0)
         _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, segment_len, chunk_size, ...
         if self.task == "recall":
@@ -121,17 +120,6 @@ class TrainConfig:
     @property
     def metrics_path(self) -> Path:
         return Path(self.out) / "metrics.jsonl"
-
-
-def _require_range(name: str, value: float, low: float | None = None, high: float | None = None,
-                   closed: bool = False) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is finite and above ``low`` (at least ``low``
-    if ``closed``) and at most ``high``."""
-    too_low = low is not None and (value < low if closed else value <= low)
-    if not math.isfinite(value) or too_low or (high is not None and value > high):
-        bound = "any finite number" if low is None else (
-            f"{'>=' if closed else '>'} {low:g}" + ("" if high is None else f" and <= {high:g}"))
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

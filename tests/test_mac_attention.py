@@ -296,8 +296,8 @@ def test_memory_config_defaults_and_errors():
     than the layer's, or something that is not a NeuralMemoryConfig, is refused by name."""
     default = MACAttentionConfig()
     assert (default.memory.chunk_size, default.memory.max_lr, default.memory.dim) == (8, 0.03, None)
-    assert MACAttentionConfig(dim=16, memory=NeuralMemoryConfig(dim=16)).memory_config().dim == 16
-    assert replace(default, dim=64).memory_config().dim == 64
+    assert MACAttentionConfig(dim=16, memory=NeuralMemoryConfig(dim=16)).memory_config.dim == 16
+    assert replace(default, dim=64).memory_config.dim == 64
     with pytest.raises(ValueError, match=r"memory\.dim.*None.*dim=32.*got 16"):
         MACAttentionConfig(dim=32, memory=NeuralMemoryConfig(dim=16))
     with pytest.raises(TypeError, match=r"memory.*NeuralMemoryConfig.*chunk_size"):

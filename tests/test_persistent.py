@@ -108,7 +108,7 @@ def test_prepended_tokens_shape_and_content():
 
 def test_config_errors():
     assert PersistentMemoryConfig().head_dim * PersistentMemoryConfig().heads == PersistentMemoryConfig().dim
-    with pytest.raises(ValueError, match=r"divisible by heads.*dim=10, heads=4"):
+    with pytest.raises(ValueError, match=r"even.*rotary.*dim=10, heads=4"):
         PersistentMemoryConfig(dim=10, heads=4)
     with pytest.raises(ValueError, match=r"num_persistent.*>= 0.*-1"):
         PersistentMemoryConfig(num_persistent=-1)
@@ -117,7 +117,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match=r"even.*rotary.*dim=12, heads=4"):
         PersistentAttentionConfig(dim=12, heads=4)
     with pytest.raises(ValueError, match=r"base.*> 1.*0\.5"):
-        PersistentAttentionConfig(rotary_base=0.5)
+        PersistentMemoryConfig(rotary_base=0.5)
     with pytest.raises(ValueError, match=r"mode.*'kv'.*'prefix'"):
         PersistentAttentionConfig(mode="prefix")
     with pytest.raises(TypeError, match=r"PersistentAttentionConfig.*PersistentMemoryConfig"):
