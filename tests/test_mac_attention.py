@@ -302,6 +302,8 @@ def test_memory_config_defaults_and_errors():
         MACAttentionConfig(dim=32, memory=NeuralMemoryConfig(dim=16))
     with pytest.raises(TypeError, match=r"memory.*NeuralMemoryConfig.*chunk_size"):
         MACAttentionConfig(memory={"chunk_size": 4})
+    with pytest.raises(ValueError, match=r"memory_scale_init.*finite.*nan"):
+        MACAttentionConfig(memory_scale_init=float("nan"))
 
 
 @pytest.mark.parametrize("memory_scale_init", [0.0, 1.0])

@@ -324,6 +324,9 @@ def test_config_errors():
         NeuralMemoryConfig(dim=0)
     with pytest.raises(ValueError, match="grad_bound"):
         NeuralMemoryConfig(grad_bound=0.0)
+    for bad in (float("inf"), float("nan"), -0.1):
+        with pytest.raises(ValueError, match=r"max_lr.*> 0.*" + repr(bad).replace(".", r"\.")):
+            NeuralMemoryConfig(max_lr=bad)
 
 
 def test_memory_of_its_own_needs_a_dim():
