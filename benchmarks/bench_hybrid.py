@@ -13,13 +13,12 @@ methods timed round-robin, float32 on CPU. Writes ``book/results/hybrid_benchmar
 import argparse
 import pathlib
 import platform
-import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
-from common import RESULTS, write_json
+from common import RESULTS, median_seconds, write_json
 from mac_minimal.hybrid import hybrid_forward
 from mac_minimal.recurrence import MMRecBlock, MMRecConfig
 
@@ -55,18 +54,11 @@ def bench_length(block: MMRecBlock, batch: int, length: int, repeats: int) -> di
         def forward_backward(fn=fn):
             torch.autograd.grad(fn(x).square().mean(), params, allow_unused=True)
         jobs[f"{name}/forward"], jobs[f"{name}/forward_backward"] = forward, forward_backward
-    times: Dict[str, List[float]] = {k: [] for k in jobs}
-    for job in jobs.values():
-        job()
-    for _ in range(repeats):
-        for key, job in jobs.items():
-            start = time.perf_counter()
-            job()
-            times[key].append(time.perf_counter() - start)
+    seconds = median_seconds(jobs, repeats)
     row: dict = {"L": length, "repeats": repeats}
     for name in forms:
-        row[name] = {"forward_s": statistics.median(times[f"{name}/forward"]),
-                     "forward_backward_s": statistics.median(times[f"{name}/forward_backward"])}
+        row[name] = {"forward_s": seconds[f"{name}/forward"],
+                     "forward_backward_s": seconds[f"{name}/forward_backward"]}
     return row
 
 

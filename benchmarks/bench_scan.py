@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from common import RESULTS, write_json
+from common import RESULTS, time_jobs, write_json
 from mac_minimal.scan import scan_sequential
 from mac_minimal.scan_kernel import associative_scan, chunked_scan
 
@@ -135,15 +135,9 @@ def main() -> None:
     for _ in range(args.passes):
         for length in args.lengths:
             jobs = make_jobs(length, args.batch, args.dim)
-            for job in jobs.values():  # warm-up
-                job()
-            keys = list(jobs)
-            for _ in range(repeats_for(length, args.repeats)):
-                order.shuffle(keys)  # who runs after whom matters (allocator state), so vary it
-                for key in keys:
-                    t0 = time.perf_counter()
-                    jobs[key]()
-                    times[length].setdefault(key, []).append(time.perf_counter() - t0)
+            timed = time_jobs(jobs, repeats_for(length, args.repeats), order=order)   # shuffled rounds
+            for key, seconds in timed.items():
+                times[length].setdefault(key, []).extend(seconds)
     rows = [summarise(length, times[length]) for length in args.lengths]
     for row in rows:
         ratios = ", ".join(f"{n} {m['forward_over_floor']:.1f}x/{m['forward_backward_over_floor']:.1f}x"

@@ -83,6 +83,7 @@ from titans_pytorch import NeuralMemory as TitansNeuralMemory  # noqa: E402
 
 from common import (RESULTS, environment, mac_config, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
                     training_step, save_results, parse_benchmark_args, TITANS_SIZED_MAC)
+from mac_minimal.layers import num_parameters  # noqa: E402
 from mac_minimal.model import MACTransformer  # noqa: E402
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig  # noqa: E402
 
@@ -141,7 +142,7 @@ def memory_parameter_counts(impl: str, dim: int) -> dict[str, int]:
 
 
 def _counts(module: torch.nn.Module) -> dict[str, int]:
-    return {"total": sum(p.numel() for p in module.parameters()),
+    return {"total": num_parameters(module),
             "trained": sum(p.numel() for p in module.parameters() if p.grad is not None)}
 
 

@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import random
 import re
 import statistics
 import sys
@@ -64,17 +65,27 @@ def mac_config(chunk_size: int, **fields: object) -> MACConfig:
     return MACConfig(memory=NeuralMemoryConfig(chunk_size=chunk_size), **fields)
 
 
-def median_seconds(jobs: dict[str, Job], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of one call of each job: ``warmup`` untimed rounds, then ``repeats`` rounds
-    in which every job runs once, in the order given (round-robin, interleaved)."""
-    times: dict[str, list[float]] = {name: [] for name in jobs}
+def time_jobs(jobs: dict[str, Job], repeats: int, warmup: int = 1,
+              order: random.Random | None = None) -> dict[str, list[float]]:
+    """Seconds of every timed call of each job: ``warmup`` untimed rounds, then ``repeats`` rounds
+    in which every job runs once (round-robin, interleaved), in the order given or, with ``order``,
+    in an order shuffled anew each timed round (who runs after whom can matter: allocator state)."""
+    names = list(jobs)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + repeats):
-        for name, job in jobs.items():
+        if order is not None and round_ >= warmup:
+            order.shuffle(names)
+        for name in names:
             start = time.perf_counter()
-            job()
+            jobs[name]()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_seconds(jobs: dict[str, Job], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of one call of each job, timed by :func:`time_jobs` in the order given."""
+    return {name: statistics.median(t) for name, t in time_jobs(jobs, repeats, warmup).items()}
 
 
 # ---------------------------------------------------------------- the training step
