@@ -54,3 +54,20 @@ def test_what_memory_learned_on_a_tiny_run(tiny_mac_run, tmp_path):
     metrics = [json.loads(line) for line in (tiny_mac_run / "metrics.jsonl").read_text().splitlines()]
     final = [m for m in metrics if m["event"] == "eval"][-1]["accuracy"]
     assert result["ablations"]["none"] == pytest.approx(final)        # the same evaluation as the trainer's
+
+
+def test_timing_scripts_run_at_toy_sizes(tmp_path):
+    """The scan, hybrid and training-step benchmarks at toy sizes: each writes its JSON, with the
+    fields the book plots (nothing here is timed against a target)."""
+    run("benchmarks/bench_scan.py", "--lengths", "64", "--batch", "1", "--dim", "8", "--repeats", "1",
+        "--passes", "1", "--threads", "1", "--out", str(tmp_path / "scan.json"))
+    scan = json.loads((tmp_path / "scan.json").read_text())["rows"][0]
+    assert scan["L"] == 64 and {"loop", "associative", "chunked"} <= set(scan["methods"])
+    run("benchmarks/bench_hybrid.py", "--lengths", "16", "--repeats", "1", "--threads", "1",
+        "--out", str(tmp_path / "hybrid.json"))
+    hybrid = json.loads((tmp_path / "hybrid.json").read_text())["rows"][0]
+    assert hybrid["L"] == 16 and hybrid["sequential"]["forward_s"] > 0 and hybrid["hybrid"]["forward_s"] > 0
+    run("benchmarks/bench_training_step.py", "--smoke", "--out", str(tmp_path / "step.json"))
+    step = json.loads((tmp_path / "step.json").read_text())
+    assert step["smoke"] and set(step["settings"]["A"]["step_s"]) == {"mac", "mac_no_memory"}
+    assert step["settings"]["A"]["model_config"]["memory"]["chunk_size"] == 8    # the config tree, recorded
