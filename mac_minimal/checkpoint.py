@@ -20,16 +20,18 @@ from torch import Tensor, nn
 from mac_minimal.runtime import Runtime
 from mac_minimal.train_config import TrainConfig
 
-__all__ = ["CheckpointError", "CHECKPOINT_KEYS", "rng_state", "checkpoint_contents", "save_checkpoint",
-           "load_checkpoint", "restore"]
+__all__ = ["CheckpointError", "CHECKPOINT_TYPES", "CHECKPOINT_KEYS", "rng_state", "checkpoint_contents",
+           "save_checkpoint", "load_checkpoint", "restore"]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, would be overwritten, or does not fit the requested model."""
+    """A checkpoint is missing, would be overwritten, is not one of this trainer's, or does not fit the
+    requested model."""
 
 
-CHECKPOINT_KEYS = frozenset({"step", "model_name", "model_config", "train_config", "model", "optimizer",
-                             "scheduler", "rng"})
+CHECKPOINT_TYPES = {"step": int, "model_name": str, "model_config": dict, "train_config": dict, "model": dict,
+                    "optimizer": dict, "scheduler": dict, "rng": list}   # what checkpoint_contents writes
+CHECKPOINT_KEYS = frozenset(CHECKPOINT_TYPES)
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor | None]:
@@ -64,10 +66,37 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` and check it holds ``model_name`` with ``config``.
+def _one_line(error: Exception, limit: int = 200) -> str:
+    """``"RuntimeError: <message>"`` on one line of at most ``limit`` characters (torch's load errors
+    span several lines, one per mismatched tensor)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
 
-    Raises :class:`CheckpointError` naming every field that differs.
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict with dotted keys: ``{"memory": {"chunk_size": 8}}`` -> ``{"memory.chunk_size": 8}``."""
+    flat = {}
+    for key, value in config.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
+def _foreign(payload: object) -> list[str]:
+    """What makes ``payload`` no checkpoint of this trainer: each key of :data:`CHECKPOINT_TYPES` that
+    is missing or holds another type (empty for a checkpoint of this trainer)."""
+    if not isinstance(payload, dict):
+        return [f"a {type(payload).__name__}, not a dict"]
+    return [f"{key} missing" if key not in payload else
+            f"{key} is a {type(payload[key]).__name__}, not a {kind.__name__}"
+            for key, kind in sorted(CHECKPOINT_TYPES.items()) if not isinstance(payload.get(key), kind)]
+
+
+def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` and check it is one of this trainer's (the keys and
+    value types of :data:`CHECKPOINT_TYPES`) holding ``model_name`` with ``config``.
+
+    Raises :class:`CheckpointError` naming every config field that differs (nested ones dotted,
+    ``memory.chunk_size``).
     """
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
@@ -76,15 +105,14 @@ def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     except Exception as error:   # truncated file, not a torch file, or one with objects we will not unpickle
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
                               "nothing was overwritten") from None
-    missing = CHECKPOINT_KEYS - set(payload) if isinstance(payload, dict) else CHECKPOINT_KEYS
-    if missing:
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer (missing {sorted(missing)}); "
+    foreign = _foreign(payload)
+    if foreign:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer ({'; '.join(foreign)}); "
                               "nothing was overwritten")
-    requested = asdict(config)
     if payload["model_name"] != model_name:
         raise CheckpointError(f"checkpoint {path} holds model {payload['model_name']!r}, "
                               f"requested {model_name!r}")
-    saved = payload["model_config"]
+    saved, requested = _flat(payload["model_config"]), _flat(asdict(config))
     differing = [f"{k}: checkpoint {saved.get(k)!r}, requested {requested.get(k)!r}"
                  for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k)]
     if differing:
@@ -93,18 +121,27 @@ def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     return payload
 
 
-def restore(payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+def restore(path: Path, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, runtime: Runtime) -> int:
-    """Load weights, optimizer, schedule and this rank's random states; returns the step reached."""
+    """Load weights, optimizer, schedule and this rank's random states from ``payload`` (read from
+    ``path`` by :func:`load_checkpoint`); returns the step reached.
+
+    Raises :class:`CheckpointError` if the run has another number of processes, or if any state
+    does not load (wrong shapes, missing entries).
+    """
     if len(payload["rng"]) != runtime.world_size:
         raise CheckpointError(f"checkpoint was written by {len(payload['rng'])} process(es), this run has "
                               f"{runtime.world_size}: each process's data stream could not be continued")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    rng = payload["rng"][runtime.rank]
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["data"])
-    if runtime.device.type == "cuda" and rng["cuda"] is not None:
-        torch.cuda.set_rng_state(rng["cuda"], runtime.device)
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        rng = payload["rng"][runtime.rank]
+        torch.set_rng_state(rng["torch"])
+        generator.set_state(rng["data"])
+        if runtime.device.type == "cuda" and rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"], runtime.device)
+    except Exception as error:   # a foreign or tampered checkpoint with the right keys and config
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer or does not fit this model "
+                              f"({_one_line(error)}); nothing was overwritten") from None
     return payload["step"]

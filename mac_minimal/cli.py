@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from mac_minimal.checkpoint import CheckpointError
 from mac_minimal.runtime import DeviceUnavailableError
+from mac_minimal.task_data import DataError
 from mac_minimal.train import NonFiniteLossError, train
 from mac_minimal.train_config import MODELS, TASKS, TrainConfig
 
@@ -62,12 +63,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _as_flag(message: str) -> str:
-    """Name the command-line flag in a config error: ``"lr must be > 0"`` -> ``"--lr must be > 0"``,
-    ``"MACAttentionConfig.segment_len must ..."`` -> ``"--segment-len must ..."``."""
-    match = re.match(r"(?:\w+Config\.)?(\w+)(\s+must\b.*)", message, re.S)
-    if match and match[1] in {f.name for f in fields(TrainConfig)}:
-        return "--" + match[1].replace("_", "-") + match[2]
-    return message
+    """Name the command-line flags in a config error: the field it starts with (``"lr must be > 0"`` ->
+    ``"--lr must be > 0"``, ``"MACAttentionConfig.segment_len must ..."`` -> ``"--segment-len must ..."``)
+    and every ``field=value`` in it (``"got dim=30, heads=4"`` -> ``"got --dim=30, --heads=4"``)."""
+    names = {f.name for f in fields(TrainConfig)}
+
+    def flag(match: re.Match) -> str:
+        return "--" + match[1].replace("_", "-") if match[1] in names else match[0]
+
+    message = re.sub(r"^(?:\w+Config\.)?(\w+)(?=\s+must\b)", flag, message)
+    return re.sub(r"(?<!\S)(\w+)(?==)", flag, message)
 
 
 # The flags that take a number, by group: TrainConfig field -> (type, help). The flag is the field's
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except DeviceUnavailableError as error:         # --device cuda on a machine without CUDA
+    except (DeviceUnavailableError, DataError) as error:   # no CUDA for --device cuda; too little --data text
         return _fail(error, EXIT_BAD_ARGUMENTS)
     except CheckpointError as error:
         return _fail(error, EXIT_BAD_CHECKPOINT)

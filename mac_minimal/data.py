@@ -107,8 +107,8 @@ def recall_distance_range(seq_len: int, num_facts: int) -> tuple[int, int]:
     _check_positive(seq_len=seq_len, num_facts=num_facts)
     low, high = TOKENS_PER_FACT * num_facts, seq_len + 1 - TOKENS_PER_FACT * num_facts
     if high < low:
-        raise ValueError(f"seq_len={seq_len} is too short for num_facts={num_facts}: "
-                         f"need seq_len >= {2 * low - 1}")
+        raise ValueError(f"seq_len must be >= {2 * low - 1} for num_facts={num_facts} (the facts, then their "
+                         f"queries, {TOKENS_PER_FACT} tokens each), got {seq_len}")
     return low, high
 
 
@@ -123,7 +123,8 @@ def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
     _check_positive(batch_size=batch_size)
     low, high = recall_distance_range(seq_len, num_facts)
     if num_facts > task.num_keys:
-        raise ValueError(f"num_facts={num_facts} needs as many distinct keys, task has num_keys={task.num_keys}")
+        raise ValueError(f"num_facts must be <= task.num_keys={task.num_keys} (each fact needs a key of its own), "
+                         f"got {num_facts}")
     if not low <= distance <= high:
         raise ValueError(f"distance must lie in [{low}, {high}] for seq_len={seq_len}, "
                          f"num_facts={num_facts}, got {distance}")
@@ -167,7 +168,8 @@ def stdlib_files(root: str | os.PathLike | None = None) -> Iterator[Path]:
 
 def read_corpus(path: str | os.PathLike | None = None, max_bytes: int = 4_000_000) -> tuple[bytes, str]:
     """Text as bytes and its SHA-256 (hex): the first ``max_bytes`` of the file at ``path``, or with
-    ``path=None`` of the standard library's sources concatenated in :func:`stdlib_files` order.
+    ``path=None`` of the standard library's sources concatenated in :func:`stdlib_files` order
+    (empty if there is none).
 
     The hash goes into every run's metrics, so two runs can be checked to have seen the same
     text (different Python versions ship different standard libraries).
@@ -184,16 +186,17 @@ def read_corpus(path: str | os.PathLike | None = None, max_bytes: int = 4_000_00
             if size == max_bytes:
                 break
         data = b"".join(pieces)
-    if not data:
-        raise ValueError(f"no text found at {path if path is not None else 'the standard library'}")
     return data, hashlib.sha256(data).hexdigest()
 
 
 def split_corpus(data: bytes, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
     """Byte tokens (uint8, to save memory) split into the first ``1 - val_fraction`` for training
-    and the rest for validation: contiguous, so no validation text leaks into training windows."""
+    and the rest for validation: contiguous, so no validation text leaks into training windows.
+    Validation gets at least one byte of a non-empty text; an empty one splits into two empty parts."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if not data:                                   # torch.frombuffer refuses an empty buffer
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8)
     tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     cut = len(tokens) - max(1, round(len(tokens) * val_fraction))
     return tokens[:cut], tokens[cut:]

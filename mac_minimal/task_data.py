@@ -13,7 +13,11 @@ from torch import Tensor
 from mac_minimal.data import Batch, lm_batch, read_corpus, recall_batch, recall_distance_range, split_corpus
 from mac_minimal.train_config import TrainConfig
 
-__all__ = ["TaskData", "prepare_data", "data_seed", "make_batch"]
+__all__ = ["DataError", "TaskData", "prepare_data", "data_seed", "make_batch"]
+
+
+class DataError(ValueError):
+    """The text of ``--task lm`` is too short for one window in its training or its validation part."""
 
 
 @dataclass
@@ -28,11 +32,20 @@ class TaskData:
 
 
 def prepare_data(cfg: TrainConfig) -> TaskData:
-    """The task's vocabulary; for ``lm`` also the text (read once), its split and its SHA-256."""
+    """The task's vocabulary; for ``lm`` also the text (read once), its split and its SHA-256.
+
+    Raises :class:`DataError` unless each part holds a window of ``seq_len + 1`` bytes (training
+    draws windows from the first part, evaluation reads them from the second).
+    """
     if cfg.task == "recall":
         return TaskData(cfg.recall_task.vocab_size)
     text, digest = read_corpus(cfg.data, cfg.max_bytes)
     train_tokens, val_tokens = split_corpus(text)
+    if min(len(train_tokens), len(val_tokens)) < cfg.seq_len + 1:
+        source = "the standard library's sources" if cfg.data is None else repr(cfg.data)
+        raise DataError(f"--data/--max-bytes must give seq_len + 1 = {cfg.seq_len + 1} bytes (--seq-len "
+                        f"{cfg.seq_len}) to each of the training and validation parts, got {len(text)} bytes of "
+                        f"{source} (--max-bytes {cfg.max_bytes}), split {len(train_tokens)} + {len(val_tokens)}")
     return TaskData(256, train_tokens, val_tokens, digest)
 
 

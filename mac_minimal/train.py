@@ -144,8 +144,8 @@ def start_run(cfg: TrainConfig, runtime: Runtime) -> tuple[Run, int]:
     generator = torch.Generator().manual_seed(data_seed(cfg.seed, runtime.rank))
     step = 0
     if cfg.resume:
-        step = restore(load_checkpoint(cfg.checkpoint_path, cfg.model, config),
-                       model, optimizer, scheduler, generator, runtime)
+        payload = load_checkpoint(cfg.checkpoint_path, cfg.model, config)
+        step = restore(cfg.checkpoint_path, payload, model, optimizer, scheduler, generator, runtime)
     trained = data_parallel(model, runtime)
     if runtime.is_main:
         parameters = num_parameters(model)
@@ -184,8 +184,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ``rank_parameter_spread`` (how far the processes' parameters drifted apart; 0 with one process).
 
     Raises :class:`~mac_minimal.runtime.DeviceUnavailableError` for ``cuda`` without CUDA;
+    :class:`~mac_minimal.task_data.DataError` for an ``lm`` text too short for ``seq_len``;
     :class:`~mac_minimal.checkpoint.CheckpointError` for a checkpoint that is missing (``--resume``),
-    would be overwritten (no ``--resume``), or does not match; :class:`NonFiniteLossError` on a NaN/inf.
+    would be overwritten (no ``--resume``), is foreign or does not match; :class:`NonFiniteLossError`
+    on a NaN/inf. The first three are raised before anything is written.
     """
     runtime = setup_runtime(cfg.device)
     try:

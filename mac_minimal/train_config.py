@@ -82,12 +82,14 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
-        if self.data is not None and not os.path.isfile(self.data):
-            raise ValueError(f"--data must be a readable text file, got {self.data!r} (no such file)")
+        if self.data is not None and not (os.path.isfile(self.data) and os.access(self.data, os.R_OK)):
+            found = ("a directory" if os.path.isdir(self.data) else
+                     "not readable" if os.path.exists(self.data) else "no such file")
+            raise ValueError(f"--data must be a readable text file, got {self.data!r} ({found})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "num_values",
-                     "num_keys"):
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every", "max_bytes",
+                     "num_facts", "num_values", "num_keys"):
             require_positive_int(name, getattr(self, name))
         require_number("lr", self.lr, low=0.0)
         require_number("memory_max_lr", self.memory_max_lr, low=0.0)
@@ -100,13 +102,18 @@ class TrainConfig:
         _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, segment_len, chunk_size, ...
         if self.task == "recall":
             if self.num_facts > self.num_keys:
-                raise ValueError(f"num_facts={self.num_facts} needs as many distinct keys, got num_keys={self.num_keys}")
+                raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
+                                 f"own), got {self.num_facts}")
             low, high = recall_distance_range(self.seq_len, self.num_facts)
             if any(not low <= d <= high for d in self.eval_distances or []):
                 raise ValueError(f"eval_distances must lie in [{low}, {high}] for seq_len={self.seq_len}, "
                                  f"num_facts={self.num_facts}, got {self.eval_distances}")
         if self.out is None:
             self.out = os.path.join("runs", f"{self.model}-{self.task}")
+        out = Path(self.out).absolute()
+        existing = next(path for path in (out, *out.parents) if path.exists())   # out or the nearest folder above it
+        if not existing.is_dir():
+            raise ValueError(f"--out must be a directory (new or existing), got {self.out!r} ({existing} is a file)")
 
     @property
     def recall_task(self) -> RecallTask:
