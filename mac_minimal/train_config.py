@@ -92,14 +92,12 @@ class TrainConfig:
                      "num_facts", "num_values", "num_keys"):
             require_positive_int(name, getattr(self, name))
         require_number("lr", self.lr, low=0.0)
-        require_number("memory_max_lr", self.memory_max_lr, low=0.0)
+        require_number("memory_max_lr", self.memory_max_lr, low=0.0)   # NeuralMemoryConfig.max_lr, by its flag's name
         require_number("grad_clip", self.grad_clip, low=0.0)
         require_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
         require_number("weight_decay", self.weight_decay, low=0.0, closed=True)
-        if self.memory_scale_init is not None:
-            require_number("memory_scale_init", self.memory_scale_init)
         require_int("warmup_steps", self.warmup_steps, minimum=0)
-        _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, segment_len, chunk_size, ...
+        _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, ..., memory_scale_init
         if self.task == "recall":
             if self.num_facts > self.num_keys:
                 raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
