@@ -85,6 +85,10 @@ MODEL_FLAGS = {
     "num_persistent": (int, "MAC persistent slots"),
     "chunk_size": (int, "MAC memory chunk"),
     "memory_max_lr": (float, "MAC memory: cap of the step size theta_t"),
+    "memory_theta_logit_init": (float, "MAC memory: initial bias of the step-size logit, "
+                                       "theta_t = memory_max_lr * sigmoid(logit)"),
+    "memory_alpha_logit_init": (float, "MAC memory: initial bias of the forgetting logit, "
+                                       "alpha_t = sigmoid(logit); -7 remembers ~1,100 tokens"),
 }
 TASK_FLAGS = {
     "max_bytes": (int, "lm: bytes of text to read"),

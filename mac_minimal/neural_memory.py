@@ -63,6 +63,11 @@ class NeuralMemoryConfig:
         ``benchmarks/mac_trainability.py``); chapter 4 works with 0.1.
     grad_bound: bound on the norm of each token's gradient (all fast weights together).
     ln_eps: epsilon of the layer norm inside the MLP.
+    theta_logit_init: initial bias of the step size's logit, ``theta = max_lr * sigmoid(logit)``;
+        0 starts every token's step at ``max_lr / 2``.
+    alpha_logit_init: initial bias of the forgetting rate's logit, ``alpha = sigmoid(logit)``.
+        -4 (alpha ~ 0.018) forgets a write in about 1 / alpha ~ 55 tokens; -7 (alpha ~ 0.0009)
+        keeps it for about 1,100 (chapter 8, 'The memory's horizon').
     """
 
     dim: int | None = None
@@ -71,6 +76,8 @@ class NeuralMemoryConfig:
     max_lr: float = 0.03
     grad_bound: float = 1.0
     ln_eps: float = 1e-5
+    theta_logit_init: float = 0.0
+    alpha_logit_init: float = -4.0
 
     def __post_init__(self) -> None:
         if self.dim is not None:
@@ -79,6 +86,8 @@ class NeuralMemoryConfig:
             require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
         for name in ("max_lr", "grad_bound", "ln_eps"):
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name), low=0.0)
+        for name in ("theta_logit_init", "alpha_logit_init"):
+            require_number(f"NeuralMemoryConfig.{name}", getattr(self, name))
 
 
 class NeuralMemoryState(NamedTuple):
@@ -214,11 +223,12 @@ class NeuralMemory(nn.Module):
         self.to_k = nn.Linear(d, d, bias=False)
         self.to_v = nn.Linear(d, d, bias=False)
         # one linear map -> logits of (theta, eta, alpha), see `rates`; small weights, so the rates
-        # start near theta = max_lr / 2, eta = sigmoid(2) ~ 0.88, alpha = sigmoid(-4) ~ 0.018
+        # start near theta = max_lr * sigmoid(theta_logit_init), eta = sigmoid(2) ~ 0.88,
+        # alpha = sigmoid(alpha_logit_init)
         self.to_rates = nn.Linear(d, 3)
         with torch.no_grad():
             self.to_rates.weight.mul_(0.1)
-            self.to_rates.bias.copy_(torch.tensor([0.0, 2.0, -4.0]))
+            self.to_rates.bias.copy_(torch.tensor([config.theta_logit_init, 2.0, config.alpha_logit_init]))
         # M_0: W1 (f, d), W2 (d, f), layer-norm gain and bias (d,). Keys and queries are unit
         # vectors, so W1 ~ N(0, 1) gives unit-variance pre-activations; the gain d^-1/2 gives
         # the LN branch a unit norm, like the residual x.

@@ -38,8 +38,9 @@ class TrainConfig:
     """Everything a run depends on; the command-line flags map one to one onto these fields.
 
     Flat on purpose: one flag, one field, and a recorded run's config is a flat JSON object. The
-    model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``
-    and ``memory_max_lr`` are its ``memory.chunk_size`` and ``memory.max_lr``.
+    model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``,
+    ``memory_max_lr``, ``memory_theta_logit_init`` and ``memory_alpha_logit_init`` are its
+    ``memory.chunk_size``, ``memory.max_lr``, ``memory.theta_logit_init`` and ``memory.alpha_logit_init``.
     """
 
     model: str = "mac"
@@ -57,6 +58,8 @@ class TrainConfig:
     num_persistent: int = _MAC.num_persistent
     chunk_size: int = _MAC.memory.chunk_size        # the memory's chunk (eq. 16)
     memory_max_lr: float = _MAC.memory.max_lr
+    memory_theta_logit_init: float = _MAC.memory.theta_logit_init
+    memory_alpha_logit_init: float = _MAC.memory.alpha_logit_init
     memory_scale_init: float | None = _MAC.memory_scale_init
     seq_len: int = 128
     batch_size: int = 8
@@ -93,6 +96,8 @@ class TrainConfig:
             require_positive_int(name, getattr(self, name))
         require_number("lr", self.lr, low=0.0)
         require_number("memory_max_lr", self.memory_max_lr, low=0.0)   # NeuralMemoryConfig.max_lr, by its flag's name
+        for name in ("memory_theta_logit_init", "memory_alpha_logit_init"):
+            require_number(name, getattr(self, name))
         require_number("grad_clip", self.grad_clip, low=0.0)
         require_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
         require_number("weight_decay", self.weight_decay, low=0.0, closed=True)
@@ -134,7 +139,9 @@ def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACCo
     return MACConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads,
                      segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
                      use_memory=use_memory, memory_scale_init=cfg.memory_scale_init,
-                     memory=NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr))
+                     memory=NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr,
+                                               theta_logit_init=cfg.memory_theta_logit_init,
+                                               alpha_logit_init=cfg.memory_alpha_logit_init))
 
 
 def _full_attention(cfg: TrainConfig, vocab_size: int, dim: int) -> FullAttentionConfig:

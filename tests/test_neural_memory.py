@@ -327,6 +327,19 @@ def test_config_errors():
     for bad in (float("inf"), float("nan"), -0.1):
         with pytest.raises(ValueError, match=r"max_lr.*> 0.*" + repr(bad).replace(".", r"\.")):
             NeuralMemoryConfig(max_lr=bad)
+    for name in ("theta_logit_init", "alpha_logit_init"):
+        with pytest.raises(ValueError, match=rf"NeuralMemoryConfig\.{name} must be any finite number, got nan"):
+            NeuralMemoryConfig(**{name: float("nan")})
+
+
+def test_rates_start_at_their_initial_logits():
+    """theta_t = max_lr * sigmoid(theta_logit_init), alpha_t = sigmoid(alpha_logit_init), up to the small
+    data-dependent part (weights of norm ~0.1 on unit-scale tokens)."""
+    memory = NeuralMemory(NeuralMemoryConfig(dim=DIM, max_lr=0.03, theta_logit_init=-3.0, alpha_logit_init=-7.0))
+    assert memory.to_rates.bias.tolist() == [-3.0, 2.0, -7.0]
+    theta, eta, alpha = memory.rates(torch.zeros(1, 2, DIM))
+    assert_close(theta, torch.full((1, 2), 0.03 * torch.sigmoid(torch.tensor(-3.0)).item()))
+    assert_close(alpha, torch.full((1, 2), torch.sigmoid(torch.tensor(-7.0)).item()))
 
 
 def test_memory_of_its_own_needs_a_dim():

@@ -132,6 +132,9 @@ def test_memory_flags_reach_the_mac_config():
     assert cfg.memory_scale_init is None and cfg.memory_max_lr == 0.1
     assert model_config(cfg, 64).memory_scale_init is None and model_config(cfg, 64).memory.max_lr == 0.1
     assert parse_args(TINY + ["--memory-scale-init", "0.5"]).memory_scale_init == 0.5
+    memory = model_config(parse_args(TINY + ["--memory-alpha-logit-init", "-7", "--memory-theta-logit-init", "-3"]),
+                          64).memory
+    assert (memory.alpha_logit_init, memory.theta_logit_init) == (-7.0, -3.0)
 
 
 def test_peak_memory_is_reported_in_bytes_on_the_cpu():
