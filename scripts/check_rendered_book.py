@@ -2,19 +2,28 @@
 
 Usage:
     .venv/bin/python scripts/check_rendered_book.py [_build/html] [--screenshots-dir DIR]
+        [--widths 1024,1280,1920] [--pages 03_ 06_] [--jobs 2] [--all]
     .venv/bin/python scripts/check_rendered_book.py --find-chromium   # which Chromium; status 2 if none
 
-Every page of the built site is opened in headless Chromium with all outside hosts blocked, and
-once its scripts (MathJax included) have finished, the page is checked for what a reader would
-see as broken. The check fails (exit status 1) and names the page and the place for each of:
+Every page of the built site is opened in headless Chromium with all outside hosts blocked, at
+each of three window widths (1,024, 1,280 and 1,920 px: the theme's columns differ at each, and
+1,280 is the narrowest code column), and once its scripts (MathJax included) have finished, the
+page is checked for what a reader would see as broken. The check fails (exit status 1) and names
+the page, the place and the widths for each of:
 
   raw-tex          TeX left in the visible text (\\[, \\(, $$, \\begin{...}): math that did not render;
   math-not-typeset a math element of the page that MathJax did not turn into rendered math;
+  control-char     a TAB or other control character in the page's prose or math (not in code):
+                   in $\\times$ a TAB typed for \\t renders as "imes";
   fence-as-text    a ``` fence, ::: fence or {note}-style directive name shown as text: an
                    admonition (or other directive) that was not parsed;
   image-not-loaded an image with naturalWidth 0 (missing or unreadable file);
-  too-wide         a code or output block (a <pre> in the page's content) wider than its column,
-                   so part of it is hidden behind a scroll bar;
+  too-wide         a code or output block (a <pre> in the page's content, closed boxes opened),
+                   or a display equation, wider than its column, so part of it is hidden behind
+                   a scroll bar or runs off the column;
+  solution-shown   a solution's output shown while its box is closed: a cell tagged hide-input
+                   (only its code in the box) after a solution dropdown or under Exercises;
+                   tag it hide-cell;
   doubled-number   a heading or table-of-contents entry with two numbers ("3. 3. The scan");
   script-error     a JavaScript error on the page;
   no-result        the page never finished loading and checking;
@@ -28,7 +37,9 @@ injected into each copied page; `chromium --headless --dump-dom` loads the page 
 DOM once the page settled, and the checker's findings are read back from an attribute it set on
 <html>. No network, and no Python package beyond the standard library, is needed.
 
-It also saves screenshots of a few chapters (03, 06 and 08 by default) and prints where.
+It prints one line per page (ok, or the problems at each width); --pages checks only some pages.
+It also saves screenshots, at 1,280 px, of a few chapters (03, 06 and 08 by default) and prints
+where.
 Chromium: the Debian package `chromium` (`sudo apt-get install chromium`); set CHROMIUM to use
 another Chromium or Chrome binary.
 """
@@ -40,11 +51,13 @@ import html
 import itertools
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import NamedTuple
@@ -74,6 +87,9 @@ CHECKER_TIMEOUT_MS = 15000       # the checker gives up waiting for MathJax afte
 REAL_TIMEOUT_S = 120             # wall-clock limit for one Chromium run
 RESULT_ATTR = "data-rendered-book-check"
 DEFAULT_SCREENSHOTS = ("03_", "06_", "08_")
+WIDTHS = (1024, 1280, 1920)      # px: browser windows every page is checked at
+SCREENSHOT_WIDTH = 1280          # px: the width the book is judged at (a common laptop)
+JOBS = 2                         # Chromium processes at a time
 MAX_SHOWN = 10                   # defects printed per page and kind, unless --all
 
 # JavaScript errors that come from the book's toolchain, are harmless, and cannot be fixed in the
@@ -224,6 +240,89 @@ CHECKER_JS = r"""
     }
   }
 
+  // Control characters in prose or math, read before MathJax replaces the TeX with rendered math
+  // (this script runs while the page is parsed; MathJax is deferred): in $\\times$ typed with a
+  // TAB for \\t, the TAB is whitespace and "imes" is rendered as text.
+  const CONTROL = /[\x00-\x08\x09\x0b\x0c\x0e-\x1f\x7f]/;
+  const CONTROL_NAMES = {"\t": "TAB", "\b": "backspace", "\f": "form feed", "\v": "vertical tab"};
+  function checkControlCharacters() {
+    const skip = "script, style, noscript, template, textarea, pre, code, kbd, samp";
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const el = n.parentElement;
+      if (!el || el.closest(skip)) continue;
+      const m = n.nodeValue.match(CONTROL);
+      if (!m) continue;
+      const c = m[0];
+      const name = CONTROL_NAMES[c] ||
+                   "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0");
+      const at = Math.max(0, m.index - 30);
+      const excerpt = n.nodeValue.slice(at, m.index + 30).replace(/\t/g, "<TAB>")
+                      .replace(CONTROL, "<?>").replace(/\s+/g, " ");
+      const inMath = el.closest(".math") ? "math" : "text";
+      report("control-char", where(el) + ": a " + name + " in " + inMath + ": '" + excerpt.trim() + "'");
+    }
+  }
+  // Keep each math element's TeX, to name a too-wide equation once MathJax has replaced it.
+  function keepTex() {
+    for (const el of document.querySelectorAll(".math")) el.dataset.tex = el.textContent;
+  }
+  try {
+    checkControlCharacters();
+    keepTex();
+  } catch (e) {
+    report("script-error", "the checker itself failed: " + e);
+  }
+
+  // A solution's output must be inside its dropdown. A cell tagged hide-input puts only its code
+  // in a closed <details>, so its output (the answer) shows under the closed solution box; the
+  // cell should be tagged hide-cell. A cell counts as a solution when it follows a dropdown
+  // admonition (the solution's text) or sits in a section called Exercises or Solutions.
+  function checkSolutionOutputs(content) {
+    for (const input of content.querySelectorAll(".cell_input")) {
+      const box = input.closest("details");
+      const cell = input.closest(".cell");
+      if (!box || box.open || !cell || !cell.contains(box)) continue;
+      const output = Array.from(cell.querySelectorAll(".cell_output")).find(
+        (o) => !o.closest("details") && isVisible(o) && (o.textContent.trim() || o.querySelector("img")));
+      if (!output) continue;
+      const prev = cell.previousElementSibling;
+      const afterDropdown = prev && prev.matches(".dropdown, .toggle, details");
+      const section = cell.closest("section");
+      const heading = section && section.querySelector("h1, h2, h3, h4, h5, h6");
+      const inExercises = heading && /exercise|solution/i.test(heading.textContent);
+      if (!afterDropdown && !inExercises) continue;
+      const title = prev && prev.querySelector(".admonition-title, summary");
+      report("solution-shown", where(cell) + ": the output of a cell whose code is hidden " +
+             "(tag hide-input) shows under the closed " +
+             (title ? "'" + clip(squash(title.textContent), 40) + "'" : "solution") +
+             ": '" + clip(squash((output.querySelector("pre") || output).textContent), 60) +
+             "' (tag the cell hide-cell)");
+    }
+  }
+
+  // Open every closed box (hidden code cells, dropdowns) so that what is inside is measured too.
+  function openEverything() {
+    for (const d of document.querySelectorAll("details")) d.open = true;
+    for (const t of document.querySelectorAll(".toggle-hidden")) t.classList.remove("toggle-hidden");
+  }
+
+  // Display math wider than its column: MathJax 3 neither wraps nor scrolls it, so the end of the
+  // equation runs under the side bar or off the page.
+  function checkWideMath(content) {
+    for (const box of content.querySelectorAll('mjx-container[display="true"]')) {
+      const column = box.clientWidth;
+      const math = box.querySelector("mjx-math");
+      if (column === 0 || !math) continue;   // hidden
+      const width = Math.max(box.scrollWidth, Math.ceil(math.getBoundingClientRect().width));
+      if (width <= column + 1) continue;
+      const source = box.closest(".math");
+      report("too-wide", where(box) + ": display math " + width + " px wide in a " + column +
+             " px column: '" + clip(squash((source && source.dataset.tex) || box.textContent), 70) +
+             "'");
+    }
+  }
+
   async function run() {
     try {
       await settle();
@@ -232,7 +331,11 @@ CHECKER_JS = r"""
       checkMath();
       checkFences();
       checkImages();
+      checkSolutionOutputs(content);
+      openEverything();
+      await sleep(50);
       checkWideBlocks(content);
+      checkWideMath(content);
       checkNumbers();
     } catch (e) {
       report("script-error", "the checker itself failed: " + e);
@@ -406,13 +509,24 @@ def screenshot(chromium: str, page: Path, out: Path, profile: Path, width: int) 
     return out.exists()
 
 
-def check_site(site: Path, chromium: str | None = None, screenshots_dir: Path | None = None,
-               screenshot_pages: tuple[str, ...] = DEFAULT_SCREENSHOTS, width: int = 1400,
-               log=print) -> tuple[list[Defect], list[Path]]:
-    """Check every HTML page under site; return the defects and the screenshots written.
+def _with_widths(found: dict[tuple[str, str, str], list[int]]) -> list[Defect]:
+    """One defect per (page, kind, detail), naming the window widths at which it was seen."""
+    return sorted(Defect(page, kind, f"{detail} [at {', '.join(map(str, sorted(widths)))} px]")
+                  for (page, kind, detail), widths in found.items())
 
-    Pages are checked in a temporary copy of the site (the built site itself is not changed).
-    A screenshot is taken of each page whose file name starts with one of screenshot_pages.
+
+def check_site(site: Path, chromium: str | None = None, screenshots_dir: Path | None = None,
+               screenshot_pages: tuple[str, ...] = DEFAULT_SCREENSHOTS,
+               widths: tuple[int, ...] = WIDTHS, pages: tuple[str, ...] = (), jobs: int = JOBS,
+               log=print) -> tuple[list[Defect], list[Path]]:
+    """Check the HTML pages under site at each window width; return the defects and the screenshots.
+
+    Each defect's detail ends with the widths at which it was seen ("[at 1024, 1280 px]").
+    pages: only the pages whose path (relative to the site) contains one of these strings (all
+    pages if empty); links are checked on every page regardless. Pages are checked in a temporary
+    copy of the site (the built site itself is not changed), jobs Chromium processes at a time.
+    A screenshot, at SCREENSHOT_WIDTH px (or the nearest width checked), is taken of each checked
+    page whose file name starts with one of screenshot_pages.
     """
     site = Path(site).resolve()
     if not site.is_dir() or not book_pages(site):
@@ -420,22 +534,61 @@ def check_site(site: Path, chromium: str | None = None, screenshots_dir: Path | 
                                 ".venv/bin/jupyter-book build . -W -n --keep-going")
     chromium = chromium or find_chromium()
     defects = check_links(site)
-    shots = []
+    shots: list[Path] = []
+    shot_width = min(widths, key=lambda w: abs(w - SCREENSHOT_WIDTH))
     with tempfile.TemporaryDirectory(prefix="rendered-book-check-") as tmp:
-        copy, profile = Path(tmp) / "site", Path(tmp) / "profile"
+        copy = Path(tmp) / "site"
         shutil.copytree(site, copy, symlinks=True)
-        for page in book_pages(copy):
-            name = page.relative_to(copy).as_posix()
+        todo = [page for page in book_pages(copy)
+                if not pages or any(p in page.relative_to(copy).as_posix() for p in pages)]
+        if pages and not todo:
+            raise FileNotFoundError(f"no page of {site} matches {', '.join(pages)}")
+        for page in todo:
             page.write_text(inject_checker(page.read_text(encoding="utf-8", errors="replace")),
                             encoding="utf-8")
-            found = check_page(chromium, page, name, profile, width)
-            log(f"  {name}: {len(found)} problem(s)" if found else f"  {name}: ok")
-            defects += found
+        free_profiles = queue.SimpleQueue()       # one Chromium profile per concurrent process
+        for i in range(max(1, jobs)):
+            free_profiles.put(Path(tmp) / f"profile-{i}")
+
+        def run(job):
+            page, width = job
+            profile = free_profiles.get()
+            try:
+                return page, width, check_page(chromium, page, page.relative_to(copy).as_posix(),
+                                               profile, width)
+            finally:
+                free_profiles.put(profile)
+
+        found: dict[tuple[str, str, str], list[int]] = {}
+        per_page: dict[str, dict[int, int]] = {}
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for page, width, page_defects in pool.map(run, [(p, w) for p in todo for w in widths]):
+                name = page.relative_to(copy).as_posix()
+                per_page.setdefault(name, {})[width] = len(page_defects)
+                for d in page_defects:
+                    found.setdefault((d.page, d.kind, d.detail), []).append(width)
+                if len(per_page[name]) == len(widths):
+                    counts = per_page[name]
+                    log(f"  {name}: " + ("ok" if not any(counts.values()) else ", ".join(
+                        f"{counts[w]} problem(s) at {w} px" for w in widths)))
+        defects += _with_widths(found)
+        profile = Path(tmp) / "profile-shots"
+        for page in todo:
             if screenshots_dir and page.name.startswith(screenshot_pages):
                 out = Path(screenshots_dir) / (page.stem + ".png")
-                if screenshot(chromium, page, out, profile, width):
+                if screenshot(chromium, page, out, profile, shot_width):
                     shots.append(out)
     return sorted(set(defects)), shots
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of pixel widths: {text!r}")
+    if not widths or min(widths) < 200:
+        raise argparse.ArgumentTypeError(f"widths must be at least 200 px: {text!r}")
+    return widths
 
 
 def main(argv=None) -> int:
@@ -446,8 +599,14 @@ def main(argv=None) -> int:
                         help="the built HTML book (default: _build/html)")
     parser.add_argument("--screenshots-dir", default=None,
                         help="where to save screenshots (default: a new temporary folder)")
-    parser.add_argument("--width", type=int, default=1400,
-                        help="browser window width in px (default: 1400, a laptop screen)")
+    parser.add_argument("--widths", type=_widths, default=WIDTHS,
+                        help="browser window widths in px, comma-separated (default: "
+                             f"{','.join(map(str, WIDTHS))}: a small laptop, a common one, a desktop)")
+    parser.add_argument("--pages", nargs="+", default=(), metavar="TEXT",
+                        help="check only the pages whose path contains one of these (e.g. 03_ 06_); "
+                             "default: every page")
+    parser.add_argument("--jobs", type=int, default=JOBS,
+                        help=f"Chromium processes at a time (default: {JOBS})")
     parser.add_argument("--all", action="store_true",
                         help=f"print every defect (default: at most {MAX_SHOWN} of a kind a page)")
     parser.add_argument("--find-chromium", action="store_true",
@@ -463,10 +622,12 @@ def main(argv=None) -> int:
         return 0
     shots_dir = Path(args.screenshots_dir or tempfile.mkdtemp(prefix="rendered-book-screenshots-"))
     shots_dir.mkdir(parents=True, exist_ok=True)
-    print(f"Checking the rendered book in {args.site} with {chromium}, offline, "
-          f"{args.width} px wide:")
+    print(f"Checking the rendered book in {args.site} with {chromium}, offline, at window widths "
+          f"{', '.join(map(str, args.widths))} px" +
+          (f", pages matching {', '.join(args.pages)}" if args.pages else "") + ":")
     try:
-        defects, shots = check_site(Path(args.site), chromium, shots_dir, width=args.width)
+        defects, shots = check_site(Path(args.site), chromium, shots_dir, widths=args.widths,
+                                    pages=tuple(args.pages), jobs=args.jobs)
     except FileNotFoundError as e:
         print(f"check_rendered_book: {e}", file=sys.stderr)
         return 2
@@ -483,10 +644,12 @@ def main(argv=None) -> int:
         if len(group) > len(shown):
             print(f"  {page}: {kind}: ... and {len(group) - len(shown)} more (--all shows them)",
                   file=sys.stderr)
+    pages_with = sorted({d.page for d in defects})
+    print(f"Pages with defects ({len(pages_with)}): {', '.join(pages_with)}", file=sys.stderr)
     kinds = sorted({d.kind for d in defects})
-    print(f"Kinds: {', '.join(kinds)}. (too-wide: shorten the line, e.g. wrap the call or print "
-          "fewer columns; see the module docstring of scripts/check_rendered_book.py for the "
-          "others.)", file=sys.stderr)
+    print(f"Kinds: {', '.join(kinds)}. (too-wide: shorten the line to 79 characters, e.g. wrap the "
+          "call or print fewer columns; see the module docstring of scripts/check_rendered_book.py "
+          "for the others.)", file=sys.stderr)
     return 1
 
 

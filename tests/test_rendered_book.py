@@ -1,9 +1,11 @@
 """scripts/check_rendered_book.py finds each defect it knows on a planted page, and passes a clean one.
 
 The planted site is a tiny folder of HTML pages written here (no book build needed): broken.html
-carries one of each defect, clean.html the same kinds of content done right (math typeset by the
-bundled offline MathJax, an image, links, a short code block). Both are rendered in headless
-Chromium, offline, exactly as the real book is by scripts/test.sh.
+carries one of each defect, typeset.html those that need MathJax to run (too-wide display math, a
+TAB in math, a solution's output shown under its closed box, ...), clean.html the same kinds of
+content done right (math typeset by the bundled offline MathJax, an image, links, a short code
+block, a solution inside its box). All are rendered in headless Chromium, offline, at the three
+window widths, exactly as the real book is by scripts/test.sh.
 """
 
 import base64
@@ -44,6 +46,21 @@ CLEAN = HEAD.format(title="clean", mathjax="_static/mathjax/tex-chtml.js", extra
 <img src="_images/dot.png" alt="a dot">
 <p><a href="#the-scan">up</a> <a href="broken.html#defects">the defects</a>
 <a href="https://example.org/">an outside link is fine</a> <a href="./">this folder</a></p>
+</section>
+<section id="exercises"><h2>Exercises</h2>
+<div class="dropdown admonition"><p class="admonition-title">Solution 1</p><p>The answer.</p></div>
+<div class="cell tag_hide-cell docutils container"><details class="hide above-input">
+<summary>Show code cell content</summary>
+<div class="cell_input docutils container"><div class="highlight"><pre>print(42)</pre></div></div>
+<div class="cell_output docutils container"><div class="output"><pre>42</pre></div></div>
+</details></div>
+</section>
+<section id="a-figure"><h2>A figure whose code is hidden</h2>
+<div class="cell tag_hide-input docutils container"><details class="hide above-input">
+<summary>Show code cell source</summary>
+<div class="cell_input docutils container"><div class="highlight"><pre>plot()</pre></div></div>
+</details>
+<div class="cell_output docutils container"><img src="_images/dot.png" alt="a plot"></div></div>
 </section></section>""" + TAIL
 
 BROKEN = HEAD.format(title="broken", mathjax="_static/no-such-folder/tex-chtml.js",
@@ -59,6 +76,43 @@ BROKEN = HEAD.format(title="broken", mathjax="_static/no-such-folder/tex-chtml.j
 <a href="#nowhere">bad local anchor</a></p>
 <script>this_function_does_not_exist();</script>
 </section>""" + TAIL
+
+# Defects that only show once MathJax and the page's scripts ran: MathJax loads here.
+# A TAB typed for the \t of \times (the escapes \t and \b below are the characters themselves).
+CONTROL_CHARACTERS = ('<p>A product <span class="math notranslate nohighlight">\\(c \times c\\)</span>'
+                      "</p>\n<p>A backspace\bin prose.</p>")
+WIDE_MATH = r"x_0 + " + " + ".join(f"x_{{{i}}}" for i in range(1, 60))
+TYPESET = HEAD.format(title="typeset", mathjax="_static/mathjax/tex-chtml.js", extra_head="""
+<style>@media (max-width: 1100px) { .narrow { width: 200px; } }</style>""") + r"""
+<section id="typeset"><h1>Typeset</h1>
+<div class="math notranslate nohighlight">\[""" + WIDE_MATH + r"""\]</div>
+""" + CONTROL_CHARACTERS + r"""
+<div class="narrow"><pre>print("forty characters or so, a bit more")</pre></div>
+<section id="exercises"><h2>Exercises</h2>
+<div class="dropdown admonition"><p class="admonition-title">Solution 1</p><p>The answer.</p></div>
+<div class="cell tag_hide-input docutils container"><details class="hide above-input">
+<summary>Show code cell source</summary>
+<div class="cell_input docutils container"><div class="highlight"><pre>print(42)</pre></div></div>
+</details>
+<div class="cell_output docutils container"><div class="output"><pre>the answer is 42</pre></div></div>
+</div>
+<div class="dropdown admonition"><p class="admonition-title">Solution 2</p><p>Another.</p></div>
+<div class="cell tag_hide-cell docutils container"><details class="hide above-input">
+<summary>Show code cell content</summary>
+<div class="cell_input docutils container"><div class="highlight"><pre>y = 2""" + " + 2" * 150 + r"""</pre></div></div>
+</details></div>
+</section></section>""" + TAIL
+
+# (kind, a piece of its detail) for each defect planted in typeset.html.
+PLANTED_TYPESET = [
+    ("too-wide", "display math"),
+    ("too-wide", "x_0 + x_{1}"),
+    ("control-char", "a TAB in math: '\\(c <TAB>imes c\\)'"),
+    ("control-char", "a backspace in text"),
+    ("too-wide", "print(\"forty characters or so, a bit more\")' [at 1024 px]"),
+    ("solution-shown", "'Solution 1': 'the answer is 42'"),
+    ("too-wide", "y = 2 + 2"),        # inside a closed box: measured with the box open
+]
 
 # (kind, a piece of its detail) for each defect planted in broken.html.
 PLANTED = [
@@ -104,6 +158,7 @@ def planted(tmp_path_factory):
     (site / "_images" / "corrupt.png").write_bytes(b"this is not a PNG")
     (site / "clean.html").write_text(CLEAN, encoding="utf-8")
     (site / "broken.html").write_text(BROKEN, encoding="utf-8")
+    (site / "typeset.html").write_text(TYPESET, encoding="utf-8")
     (site / "index.html").write_text('<a href="clean.html">clean</a>', encoding="utf-8")
     shots_dir = tmp_path_factory.mktemp("screenshots")
     defects, shots = checker.check_site(site, chromium, screenshots_dir=shots_dir,
@@ -128,11 +183,43 @@ def test_planted_defect_is_reported(planted, kind, detail):
         f"planted {kind} ({detail!r}) not reported; the checker found:\n" + "\n".join(map(str, found)))
 
 
-def test_nothing_else_is_reported_on_the_planted_page(planted):
+@pytest.mark.parametrize("kind, detail", PLANTED_TYPESET, ids=[f"{k}:{d}" for k, d in PLANTED_TYPESET])
+def test_planted_defect_on_a_typeset_page_is_reported(planted, kind, detail):
     by_page, _ = planted
-    unexpected = [d for d in by_page.get("broken.html", [])
-                  if not any(d.kind == k and det in d.detail for k, det in PLANTED)]
+    found = by_page.get("typeset.html", [])
+    assert any(d.kind == kind and detail in d.detail for d in found), (
+        f"planted {kind} ({detail!r}) not reported; the checker found:\n" + "\n".join(map(str, found)))
+
+
+@pytest.mark.parametrize("page, planted_defects", [("broken.html", PLANTED),
+                                                   ("typeset.html", PLANTED_TYPESET)])
+def test_nothing_else_is_reported_on_the_planted_page(planted, page, planted_defects):
+    by_page, _ = planted
+    unexpected = [d for d in by_page.get(page, [])
+                  if not any(d.kind == k and det in d.detail for k, det in planted_defects)]
     assert unexpected == [], "\n".join(map(str, unexpected))
+
+
+def test_every_page_is_checked_at_every_width(planted):
+    by_page, _ = planted
+    width_bound = [d for d in by_page["typeset.html"] if "forty characters" in d.detail]
+    assert len(width_bound) == 1 and width_bound[0].detail.endswith("[at 1024 px]")
+    everywhere = [d for d in by_page["typeset.html"] if d.kind == "solution-shown"]
+    assert everywhere and all(d.detail.endswith("[at 1024, 1280, 1920 px]") for d in everywhere)
+
+
+def test_a_subset_of_pages_can_be_checked(tmp_path):
+    (tmp_path / "one.html").write_text("<p>one</p>", encoding="utf-8")
+    (tmp_path / "two.html").write_text("<p>two\tbad</p>", encoding="utf-8")
+    seen = []
+    defects, _ = checker.check_site(tmp_path, checker.find_chromium(), widths=(1280,),
+                                    pages=("one",), log=seen.append)
+    assert defects == [] and seen == ["  one.html: ok"]
+    defects, _ = checker.check_site(tmp_path, checker.find_chromium(), widths=(1280,),
+                                    pages=("two",), log=seen.append)
+    assert [d.kind for d in defects] == ["control-char"] and seen[-1].startswith("  two.html: 1 problem")
+    with pytest.raises(FileNotFoundError, match="no page"):
+        checker.check_site(tmp_path, checker.find_chromium(), pages=("three",))
 
 
 def test_screenshot_is_saved(planted):
