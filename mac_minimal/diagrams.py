@@ -10,15 +10,38 @@ Each function draws on a matplotlib ``Axes`` and returns it; the chapters call t
 * :func:`segments_and_chunks` (chapter 7): a sequence cut into attention segments and memory chunks,
   with the memory carried from segment to segment.
 * :func:`mmrec_step` (chapter 2): one step of the MM-Rec block, ``h_t`` from ``h_{t-1}`` and the banks.
+* :func:`memory_cycle` (chapter 1): a memory is a state, a write rule and a read rule (eqs. (1.1), (1.3)).
+* :func:`neural_memory_cycle` (chapter 4): the neural memory's write (the paper's eqs. (11)-(14)) and
+  read (eq. (15)).
+* :func:`dual_form` (chapter 4): one chunk of the dual form, eq. (4.2): reads from the chunk's first
+  weights and a c x c matrix, only the chunk-end weights built.
+* :func:`persistent_layout` (chapter 5): the causal mask over ``[p | S]`` with the slots' rotary
+  positions (position 0 in mode "kv").
+
+Every diagram is sized so that its smallest text stays at least 9 px when the book's column
+(:data:`COLUMN_PX`) shows it (:func:`smallest_text_px`).
 """
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+from matplotlib.text import Text
 from torch import Tensor
 
 COLORS = {"persistent": "#c7c7c7", "retrieved": "#9ecae1", "segment": "#fdd0a2", "memory": "#c7e9c0",
           "output": "#fcbba1"}
+COLUMN_PX = 672   # px: the width of the book's content column at a 1,280 px window
+SAVE_DPI = 100    # the notebooks' figures are saved at matplotlib's default dpi
+
+
+def smallest_text_px(fig: Figure, column_px: int = COLUMN_PX, dpi: float = SAVE_DPI) -> float:
+    """The size in px of the figure's smallest visible text as the book shows it: saved at ``dpi``
+    with a tight bounding box, then shrunk to ``column_px`` if it is wider."""
+    renderer = fig.canvas.get_renderer()
+    width_px = fig.get_tightbbox(renderer).width * dpi
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes) * dpi / 72 * min(1.0, column_px / width_px)
 
 
 def _box(ax: Axes, x: float, y: float, w: float, h: float, text: str, color: str, size: int = 9) -> None:
@@ -50,7 +73,8 @@ def _canvas(ax: Axes | None, width: float, height: float, size: tuple[float, flo
 
 def mac_block(ax: Axes | None = None) -> Axes:
     """One MAC layer on one segment S (the paper's eqs. 21-25), left to right."""
-    ax = _canvas(ax, 13.0, 5.6, (10, 4.3))
+    ax = _canvas(ax, 13.2, 5.6, (10, 4.3))
+    ax.set_ylim(-0.4, 5.6)
     _box(ax, 0.2, 3.6, 1.8, 0.8, r"segment $S$" + "\n(c tokens)", COLORS["segment"])
     _box(ax, 0.2, 0.5, 1.8, 0.9, r"memory $\mathcal{M}_{t-1}$" + "\n(before S)", COLORS["memory"])
     _box(ax, 3.0, 2.1, 1.6, 0.8, r"$h = \mathcal{M}^*_{t-1}(q)$", COLORS["retrieved"])
@@ -75,9 +99,11 @@ def mac_block(ax: Axes | None = None) -> Axes:
     _box(ax, 5.6, 0.5, 2.2, 0.9, r"memory $\mathcal{M}_t$" + "\n(after each token)", COLORS["memory"])
     _arrow(ax, (9.9, 2.1), (7.8, 1.0), "write (24)", offset=(0.1, 0.1))
     _arrow(ax, (2.0, 0.8), (5.6, 0.8))
-    _box(ax, 10.9, 0.4, 2.0, 1.0, "combine (25)\n" + r"$o = y \otimes \mathcal{M}^*_t(y)$", COLORS["output"], 8)
+    _box(ax, 10.6, 0.4, 2.4, 1.0, "combine (25)\n" + r"$o = y \otimes s\,\mathcal{M}^*_t(y)$", COLORS["output"], 8)
+    ax.text(11.8, 0.2, r"$s$: a learned scale, 0 at the start" + "\n" + r"($s = 1$: eq. (25) as written)",
+            ha="center", va="top", fontsize=8)
     _arrow(ax, (10.6, 1.9), (11.6, 1.4))
-    _arrow(ax, (7.8, 0.8), (10.9, 0.8))
+    _arrow(ax, (7.8, 0.8), (10.6, 0.8))
     ax.text(6.7, 0.1, r"$\mathcal{M}_t$ is the next segment's $\mathcal{M}_{t-1}$", ha="center", fontsize=8)
     return ax
 
@@ -106,30 +132,134 @@ def attention_mask(mask: Tensor, num_persistent: int, retrieved: int, ax: Axes |
 
 
 def segments_and_chunks(n: int, segment_len: int, chunk_size: int, ax: Axes | None = None) -> Axes:
-    """``n`` tokens cut into attention segments (coloured bands) and memory chunks (ticks below).
+    """``n`` tokens cut into attention segments (coloured bands) and memory chunks (the row below).
 
     Attention stays inside a segment; the memory is written chunk by chunk and carried across
     segment boundaries (arrows).
     """
-    ax = _canvas(ax, n + 2.0, 5.0, (max(6.0, 0.3 * n), 3))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.7, 2.4))
+    ax.set_xlim(-6.5, n + 0.5)
+    ax.set_ylim(-0.2, 4.6)
+    ax.axis("off")
     for start in range(0, n, segment_len):
         width = min(segment_len, n - start)
-        ax.add_patch(plt.Rectangle((1 + start, 2.4), width, 1.0, facecolor=COLORS["segment"], edgecolor="black"))
-        ax.text(1 + start + width / 2, 3.55, f"segment {start // segment_len + 1}", ha="center", fontsize=8)
+        ax.add_patch(plt.Rectangle((start, 2.4), width, 1.0, facecolor=COLORS["segment"], edgecolor="black"))
+        ax.text(start + width / 2, 3.6, f"segment {start // segment_len + 1}", ha="center", va="bottom",
+                fontsize=9)
         if start + segment_len < n:
-            ax.annotate("", xy=(1 + start + segment_len + 0.8, 1.4), xytext=(1 + start + segment_len - 0.8, 1.4),
-                        arrowprops=dict(arrowstyle="-|>", color="tab:green", lw=1.2))
+            ax.annotate("", xy=(start + segment_len + 1.6, 0.75), xytext=(start + segment_len - 1.6, 0.75),
+                        arrowprops=dict(arrowstyle="-|>", color="tab:green", lw=1.5))
     for t in range(n):
-        ax.add_patch(plt.Rectangle((1 + t + 0.1, 2.55), 0.8, 0.7, facecolor="white", edgecolor="#888888", lw=0.5))
+        ax.add_patch(plt.Rectangle((t + 0.12, 2.55), 0.76, 0.7, facecolor="white", edgecolor="#888888", lw=0.5))
     for start in range(0, n, chunk_size):
         width = min(chunk_size, n - start)
-        ax.add_patch(plt.Rectangle((1 + start, 1.6), width, 0.5, facecolor=COLORS["memory"], edgecolor="black",
+        ax.add_patch(plt.Rectangle((start, 1.3), width, 0.7, facecolor=COLORS["memory"], edgecolor="black",
                                    lw=0.6))
-    ax.text(0.9, 1.85, "memory chunks", ha="right", va="center", fontsize=8)
-    ax.text(0.9, 2.9, "tokens", ha="right", va="center", fontsize=8)
-    ax.text(1 + n / 2, 0.6, "green arrows: the memory carried from one segment to the next", ha="center",
-            fontsize=8, color="tab:green")
-    ax.set_xlim(-4, n + 2)
+    ax.text(-0.5, 2.9, f"tokens\n(segments of {segment_len})", ha="right", va="center", fontsize=9)
+    ax.text(-0.5, 1.65, f"memory chunks\n(of {chunk_size})", ha="right", va="center", fontsize=9)
+    ax.text(-0.5, 0.75, "memory carried", ha="right", va="center", fontsize=9, color="tab:green")
+    return ax
+
+
+def memory_cycle(ax: Axes | None = None) -> Axes:
+    """Chapter 1's memory: a state (two banks of slots), a write rule (eq. (1.1)), a read rule (eq. (1.3))."""
+    ax = _canvas(ax, 13.0, 6.0, (6.7, 3.1))
+    _box(ax, 0.1, 3.9, 2.6, 1.2, "step $t$:\nkey $k_t$, value $v_t$", COLORS["segment"])
+    _box(ax, 3.4, 3.7, 3.4, 1.6, "write (1.1)\nslot $t$ mod $s$ $\\leftarrow$\n$(1-r)\\,$slot$ + r\\,(k_t, v_t)$",
+         COLORS["output"])
+    _arrow(ax, (2.7, 4.5), (3.4, 4.5))
+    # the state: two banks of slots
+    ax.text(10.2, 5.55, "state: two banks of slots", ha="center", va="bottom", fontsize=9)
+    for row, (name, slots, r) in enumerate([("short", 8, "$r = 1$"), ("long", 4, "$r < 1$")]):
+        y = 4.6 - 1.1 * row
+        for i in range(slots):
+            ax.add_patch(plt.Rectangle((7.7 + 0.5 * i, y), 0.5, 0.7, facecolor=COLORS["memory"], edgecolor="black",
+                                       lw=0.6))
+        ax.text(7.7 + 0.5 * slots + 0.15, y + 0.35, f"{name}, {r}", ha="left", va="center", fontsize=9)
+    _arrow(ax, (6.8, 4.5), (7.65, 4.9))
+    _arrow(ax, (6.8, 4.3), (7.65, 3.85))
+    _box(ax, 0.1, 0.5, 2.6, 1.2, "query $q$", COLORS["retrieved"])
+    _box(ax, 3.4, 0.3, 4.6, 1.6, "read (1.3)\n" + r"$\mathrm{softmax}(q K^\top / \sqrt{d})\, V$", COLORS["retrieved"])
+    _arrow(ax, (2.7, 1.1), (3.4, 1.1))
+    _arrow(ax, (9.5, 3.4), (7.2, 1.95), "keys $K$, values $V$", offset=(1.6, -0.1))
+    _box(ax, 9.6, 0.5, 3.2, 1.2, "what the\nmemory returns", COLORS["output"])
+    _arrow(ax, (8.0, 1.1), (9.6, 1.1))
+    return ax
+
+
+def neural_memory_cycle(ax: Axes | None = None) -> Axes:
+    """Chapter 4's memory: the state is an MLP's weights; a write is one gradient step with momentum and
+    forgetting (the paper's eqs. (11)-(14)); a read is a forward pass (eq. (15))."""
+    ax = _canvas(ax, 13.0, 7.0, (6.7, 3.6))
+    _box(ax, 0.1, 5.2, 2.1, 1.2, "token $x_t$", COLORS["segment"])
+    _box(ax, 2.7, 5.0, 3.9, 1.6, "(11) $k_t = x_t W_K$\n$v_t = x_t W_V$", COLORS["persistent"])
+    _arrow(ax, (2.2, 5.8), (2.7, 5.8))
+    _box(ax, 7.2, 4.9, 5.7, 1.8, "(12) loss $\\|\\mathcal{M}_{t-1}(k_t) - v_t\\|^2$\n"
+         "gradient $\\nabla\\ell$ at the weights $\\mathcal{M}_{t-1}$", COLORS["output"])
+    _arrow(ax, (6.6, 5.8), (7.2, 5.8))
+    _box(ax, 7.2, 2.3, 5.7, 1.8, "(14) $S_t = \\eta_t S_{t-1} - \\theta_t \\nabla\\ell$\n"
+         "(13) $\\mathcal{M}_t = (1 - \\alpha_t)\\,\\mathcal{M}_{t-1} + S_t$", COLORS["output"])
+    _arrow(ax, (10.05, 4.9), (10.05, 4.1), "write", offset=(0.55, -0.2))
+    _box(ax, 2.7, 2.3, 3.9, 1.8, "state: the MLP's\nweights $\\mathcal{M}_t$\n+ momentum $S_t$", COLORS["memory"])
+    _arrow(ax, (7.2, 3.2), (6.6, 3.2))
+    _box(ax, 0.1, 0.1, 2.1, 1.2, "query $q_t$", COLORS["retrieved"])
+    _box(ax, 2.7, 0.1, 3.9, 1.2, "(15) read:\n$y_t = \\mathcal{M}^*(q_t)$", COLORS["retrieved"])
+    _arrow(ax, (2.2, 0.7), (2.7, 0.7))
+    _arrow(ax, (4.65, 2.3), (4.65, 1.3))
+    ax.text(7.2, 0.7, "a forward pass with the weights,\nno update", ha="left", va="center", fontsize=9)
+    return ax
+
+
+def dual_form(c: int = 4, ax: Axes | None = None) -> Axes:
+    """One chunk of ``c`` tokens in the dual form (chapter 4, eq. (4.2)): every gradient at the chunk's
+    first weights as a few vectors, a causal c x c matrix C mixing them, reads that never build the
+    per-token weights, and only the chunk-end weights built."""
+    ax = _canvas(ax, 13.0, 7.6, (6.7, 3.9))
+    _box(ax, 0.1, 5.4, 3.4, 1.4, "chunk's first weights\n$\\mathcal{M}_{\\mathrm{prev}}$, $S_{\\mathrm{prev}}$",
+         COLORS["memory"])
+    _box(ax, 4.1, 5.4, 4.1, 1.4, f"{c} gradients $G_s$ at\n" + "$\\mathcal{M}_{\\mathrm{prev}}$: vectors (4.1)",
+         COLORS["output"])
+    _arrow(ax, (3.5, 6.1), (4.1, 6.1))
+    # the c x c matrix C: lower-triangular
+    x0, y0, cell = 9.4, 4.3, 0.6
+    for t in range(c):
+        for s_ in range(c):
+            ax.add_patch(plt.Rectangle((x0 + cell * s_, y0 + cell * (c - 1 - t)), cell, cell,
+                                       facecolor=COLORS["retrieved"] if s_ <= t else "white", edgecolor="black",
+                                       lw=0.5))
+    ax.text(x0 + cell * c / 2, y0 + cell * c + 0.1, f"$C$ ({c} x {c}), $s \\leq t$:\nmomentum, forgetting",
+            ha="center", va="bottom", fontsize=9)
+    _arrow(ax, (8.2, 6.1), (9.35, 5.8))
+    _box(ax, 0.1, 0.4, 6.2, 2.3, "reads $\\mathcal{M}_t(q_t)$ for every $t$:\n"
+         "$\\mathcal{M}_{\\mathrm{prev}}(q_t)$ + attention-like\nsums $\\sum_s C_{ts}\\,(k_s^\\top q_t)\\ldots$",
+         COLORS["retrieved"])
+    _arrow(ax, (1.7, 5.4), (1.7, 2.7))
+    _arrow(ax, (9.4, 4.3), (6.3, 2.0))
+    _box(ax, 7.2, 0.4, 5.7, 2.3, "chunk-end weights only\n(last row of $C$): the\nnext chunk's $\\mathcal{M}_{\\mathrm{prev}}$",
+         COLORS["memory"])
+    _arrow(ax, (11.0, 4.3), (11.0, 2.7))
+    return ax
+
+
+def persistent_layout(mask: Tensor, num_persistent: int, ax: Axes | None = None) -> Axes:
+    """A (queries, keys) mask over ``[p | S]`` (chapter 5) as black (may attend) and white cells, each key
+    labelled with its rotary position: 0 for every slot (mode "kv": slots are never rotated), j for S."""
+    rows, cols = mask.shape
+    n_seq = cols - num_persistent
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * cols + 1.6, 0.4 * rows + 1.3))
+    ax.imshow(mask.int().numpy(), cmap="Greys", vmin=0, vmax=1)
+    labels = [f"p{i}\n(0)" for i in range(num_persistent)] + [f"S{j}\n({j})" for j in range(n_seq)]
+    ax.set_xticks(range(cols), labels, fontsize=9)
+    ax.set_yticks(range(rows), [f"query {i}" for i in range(rows)], fontsize=9)
+    ax.axvline(num_persistent - 0.5, color="tab:red", lw=2)
+    ax.set_xticks([c - 0.5 for c in range(cols + 1)], minor=True)
+    ax.set_yticks([r - 0.5 for r in range(rows + 1)], minor=True)
+    ax.grid(which="minor", color="#999999", lw=0.4)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("keys: slots | sequence (rotary position); black: may attend", fontsize=9)
+    ax.xaxis.set_label_position("top")
     return ax
 
 
@@ -140,7 +270,7 @@ def mmrec_step(ax: Axes | None = None) -> Axes:
     _box(ax, 0.2, 1.6, 1.6, 0.8, r"$h_{t-1}$", COLORS["retrieved"])
     _box(ax, 2.8, 3.5, 2.6, 1.0, r"project: $q, k, v, z$," + "\n" + r"decay $\gamma_t$", COLORS["persistent"], 8)
     _arrow(ax, (1.8, 4.0), (2.8, 4.0))
-    _box(ax, 2.8, 1.5, 2.6, 1.0, r"$h_t = z_t \odot \sigma(W_g h_{t-1})$" + "\n" + r"$+ \gamma_t \odot h_{t-1}$",
+    _box(ax, 2.8, 1.5, 2.6, 1.0, r"$h_t = z_t \odot \sigma(W_g h_{t-1} + b_g)$" + "\n" + r"$+\, \gamma_t \odot h_{t-1}$  (2.1)",
          COLORS["retrieved"], 8)
     _arrow(ax, (1.8, 2.0), (2.8, 2.0))
     _arrow(ax, (4.1, 3.5), (4.1, 2.5), "", (0, 0))

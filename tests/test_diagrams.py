@@ -30,8 +30,72 @@ def test_segments_and_chunks_draws_every_segment(n, segment_len, chunk_size):
     plt.close("all")
 
 
-@pytest.mark.parametrize("draw", [diagrams.mac_block, diagrams.mmrec_step])
+@pytest.mark.parametrize("draw", [diagrams.mac_block, diagrams.mmrec_step, diagrams.memory_cycle,
+                                  diagrams.neural_memory_cycle, diagrams.dual_form])
 def test_block_diagrams_draw_boxes_and_arrows(draw):
     ax = draw()
     assert len(ax.patches) >= 6 and len(ax.texts) >= 6
+    plt.close("all")
+
+
+def test_persistent_layout_picture_is_the_mask_with_rotary_positions():
+    from mac_minimal.persistent import causal_mask_with_prefix
+
+    mask = causal_mask_with_prefix(5, 3)
+    ax = diagrams.persistent_layout(mask, num_persistent=3)
+    (image,) = ax.get_images()
+    assert np.array_equal(np.asarray(image.get_array()), mask.int().numpy())
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[:3] == ["p0\n(0)", "p1\n(0)", "p2\n(0)"]   # every slot at position 0
+    assert labels[3:] == [f"S{j}\n({j})" for j in range(5)]
+    plt.close("all")
+
+
+def _texts(ax):
+    return " ".join(t.get_text() for t in ax.texts)
+
+
+def test_diagrams_carry_the_terms_of_their_equations():
+    # eq. (2.1) has the gate bias b_g; eq. (25) the learned scale s on the memory term
+    assert "b_g" in _texts(diagrams.mmrec_step())
+    assert r"s\,\mathcal{M}^*_t(y)" in _texts(diagrams.mac_block())
+    # chapter 1: the write (1.1), the read (1.3), the rate r of each bank
+    text = _texts(diagrams.memory_cycle())
+    assert "(1.1)" in text and "(1.3)" in text and "r = 1" in text and "r < 1" in text
+    # chapter 4: every equation of the write and the read
+    text = _texts(diagrams.neural_memory_cycle())
+    assert all(f"({n})" in text for n in (11, 12, 13, 14, 15))
+    plt.close("all")
+
+
+def test_dual_form_draws_a_causal_c_by_c_matrix():
+    ax = diagrams.dual_form(c=5)
+    cells = [p for p in ax.patches if isinstance(p, plt.Rectangle) and p.get_width() == 0.6]
+    filled = [p for p in cells if p.get_facecolor()[:3] != (1.0, 1.0, 1.0)]
+    assert len(cells) == 25 and len(filled) == 15      # s <= t: the lower triangle
+    plt.close("all")
+
+
+@pytest.mark.parametrize("draw", [
+    diagrams.mac_block, diagrams.mmrec_step, diagrams.memory_cycle, diagrams.neural_memory_cycle,
+    diagrams.dual_form, lambda: diagrams.segments_and_chunks(32, 8, 4),
+    lambda: diagrams.persistent_layout(mac_mask(6, 0, 0)[:, :9], 3),
+    lambda: diagrams.attention_mask(mac_mask(5, 0, 2), num_persistent=2, retrieved=5),
+])
+def test_diagrams_are_readable_at_column_width(draw):
+    """Smallest text >= 9 px once the book's 672 px column shows the figure (1,280 px window)."""
+    ax = draw()
+    assert diagrams.smallest_text_px(ax.figure) >= 9
+    plt.close("all")
+
+
+def test_smallest_text_px_counts_the_shrinking():
+    fig, ax = plt.subplots(figsize=(6.0, 2))          # narrower than the column: not shrunk
+    ax.tick_params(labelsize=18)
+    assert abs(diagrams.smallest_text_px(fig) - 18 * 100 / 72) < 1e-6
+    fig.set_size_inches(13.44, 2)                        # wider than the column: shrunk to it
+    renderer = fig.canvas.get_renderer()
+    width_px = fig.get_tightbbox(renderer).width * 100
+    assert width_px > 1000
+    assert abs(diagrams.smallest_text_px(fig) - 18 * 100 / 72 * 672 / width_px) < 1e-6
     plt.close("all")

@@ -21,3 +21,16 @@ def test_log_log_draws_each_series_with_its_ticks_and_colours():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16", "64"]
     assert ax.get_ylabel() == "seconds" and ax.get_title() == "title"
     plt.close("all")
+
+
+def test_legend_below_names_the_series_once_under_the_panels():
+    from mac_minimal.plots import legend_below
+
+    fig, axes = plt.subplots(1, 2)
+    for ax in axes:
+        log_log(ax, {"a": ([1, 2], [1.0, 2.0]), "b": ([1, 2], [2.0, 3.0])}, "n", legend=False)
+    assert all(ax.get_legend() is None for ax in axes)
+    legend_below(fig, axes[0])
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+    plt.close("all")
