@@ -39,7 +39,7 @@ scores from :mod:`~mac_minimal.evaluation`.
 
 import math
 import platform
-import sys
+import runpy
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -64,11 +64,11 @@ from mac_minimal.train_config import REFERENCE_MODEL, TrainConfig, build_model, 
 __all__ = ["NonFiniteLossError", "lr_factor", "make_optimizer", "train_step", "train"]
 
 if __name__ == "__main__":
-    # ``python -m mac_minimal.train``, the spelling of the recorded commands, runs the command line like
-    # ``python -m mac_minimal``. It runs here, before this copy of the module (``__main__``) defines
-    # classes: the command line imports the module again, as ``mac_minimal.train``, and that copy trains.
-    from mac_minimal.cli import main
-    sys.exit(main())
+    # ``python -m mac_minimal.train``, the spelling of the recorded commands, is ``python -m mac_minimal``:
+    # run the package's entry point (``mac_minimal/__main__.py``, which exits). Running it by name keeps
+    # this module from importing the command line, which imports it. It runs here, before this copy of
+    # the module (``__main__``) defines classes: the command line trains with ``mac_minimal.train``'s.
+    runpy.run_module("mac_minimal", run_name="__main__")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -3,7 +3,9 @@
 (The end-to-end runs, bad arguments and exit statuses are tested in test_train.py.)
 """
 
+import ast
 import os
+import pathlib
 import runpy
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from dataclasses import fields
 import pytest
 import torch
 
+import mac_minimal
 import mac_minimal.cli as cli_module
 from mac_minimal.cli import main, parse_args
 from mac_minimal.train_config import TrainConfig
@@ -53,6 +56,41 @@ def test_the_train_module_entry_hands_over_before_defining_a_second_trainer(monk
         runpy.run_module("mac_minimal.train", run_name="__main__", alter_sys=True)
     assert exit_info.value.code == 0 and seen["__name__"] == "__main__"
     assert "NonFiniteLossError" not in seen and "train" not in seen
+
+
+def package_imports() -> dict[str, set[str]]:
+    """Every module of mac_minimal -> the mac_minimal modules it imports, read from its source with
+    ``ast``: every import statement, also those inside functions or ``if __name__ == "__main__":``."""
+    package = pathlib.Path(mac_minimal.__file__).parent
+    modules = {f"mac_minimal.{path.stem}": path for path in package.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = imported & modules.keys() - {name, "mac_minimal.__init__"}
+    return graph
+
+
+def test_the_package_has_no_import_cycle_and_train_does_not_import_the_command_line():
+    graph = package_imports()
+    assert "mac_minimal.train" in graph["mac_minimal.cli"]   # the command line runs the trainer ...
+    assert "mac_minimal.cli" not in graph["mac_minimal.train"]   # ... which never imports it back
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        for imported in sorted(graph[module]):
+            found = cycle_from(imported, path + [module])
+            if found:
+                return found
+        return None
+
+    cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module, []))]
+    assert cycles == [], " -> ".join(cycles[0])
 
 
 def test_cuda_without_cuda_is_one_line_and_status_2(monkeypatch, tmp_path, capsys):
