@@ -10,6 +10,7 @@ Each module backs one chapter of the book in ``book/``:
  3      ``scan``                 linear recurrences as an associative scan, readably
  3      ``scan_kernel``          the same scan tuned: in place, Blelloch, a scan for backward
  3      ``hybrid``               MM-Rec with everything scannable taken out of the loop
+ 4      ``fast_weights``         the memory's MLP, its loss and gradients, as functions
  4      ``neural_memory``        an MLP written by gradient descent at test time
  4      ``dual_form``            the same write-and-read without per-token weights
  5      ``rotary``               rotary position embedding

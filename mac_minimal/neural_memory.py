@@ -5,7 +5,8 @@ this book's memory is the two-layer residual MLP
 
     M(x) = x + LN(W2 gelu(W1 x))          (TTT-MLP's form, Sun et al. 2024; titans-pytorch's default)
 
-whose weights are *fast weights*: they change while the model reads its input.
+whose weights are *fast weights*: they change while the model reads its input
+(:mod:`~mac_minimal.fast_weights` writes M, its loss and its gradients as functions of them).
 Writing a token ``x_t`` is one step of gradient descent with momentum and decay
 on the associative loss of eq. (12):
 
@@ -14,19 +15,20 @@ on the associative loss of eq. (12):
     S_t = eta_t S_{t-1} - theta_t grad l(M_{t-1}; x_t)           (10, 14)
     M_t = (1 - alpha_t) M_{t-1} + S_t                              (13)
 
-with each token's gradient clipped to norm ``grad_bound`` (a choice of this book, see
-chapter 4: it keeps long streams finite),
-and reading is a forward pass with no update, ``y_t = M*(q_t)`` (15). The rates
-``theta_t`` (step size), ``eta_t`` (momentum) and ``alpha_t`` (forgetting) are
+with each token's gradient clipped to norm ``grad_bound`` (a choice of this book, see chapter 4:
+it keeps long streams finite), and reading is a forward pass with no update, ``y_t = M*(q_t)``
+(15). The rates ``theta_t`` (step size), ``eta_t`` (momentum) and ``alpha_t`` (forgetting) are
 learned functions of the token.
 
-Two forms of the write, equal for every chunk size ``c``:
+Three forms of the write, equal for every chunk size ``c``:
 
 * ``write_sequential``: the token loop of eqs. (8)-(14), the reference;
-* ``write``: the chunk-parallel form of eqs. (16)-(18): every gradient of a chunk
-  is taken at the chunk's first weights, all at once (``torch.func.grad`` +
+* ``write_materialized``: the chunk-parallel form of eqs. (16)-(18): every gradient of a
+  chunk is taken at the chunk's first weights, all at once (``torch.func.grad`` +
   ``vmap``), then momentum and forgetting are two linear recurrences solved with
-  the associative scan of chapter 3. ``c = 1`` is exactly the token rule.
+  the associative scan of chapter 3. ``c = 1`` is exactly the token rule;
+* ``write``: the same numbers in the dual form (:mod:`~mac_minimal.dual_form`), which
+  never builds a token's weights.
 
 Shapes: b batch, n sequence, d model width (``dim``), c chunk, f = expansion * d.
 """
@@ -41,13 +43,11 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from mac_minimal.dual_form import dual_chunk
-from mac_minimal.scan_kernel import associative_scan
 from mac_minimal.checks import require_number, require_positive_int
-
-Weights = tuple[Tensor, ...]
-"""Fast weights ``(W1, W2, ln_gain, ln_bias)``; shapes ``(f, d), (d, f), (d,), (d,)``,
-each with leading batch dimensions where the memory is batched."""
+from mac_minimal.dual_form import dual_chunk
+from mac_minimal.fast_weights import (Weights, associative_loss, clip_gradients, flatten_weights, memory_mlp,
+                                      token_gradients, unflatten_weights)
+from mac_minimal.scan_kernel import associative_scan
 
 
 @dataclass
@@ -108,66 +108,9 @@ class NeuralMemoryState(NamedTuple):
     offset: int
 
 
-def memory_mlp(weights: Weights, x: Tensor, eps: float = 1e-5) -> Tensor:
-    """The memory ``M(x) = x + LN(W2 gelu(W1 x))`` for ONE set of fast weights.
-
-    weights: ``(W1 (f, d), W2 (d, f), gain (d,), bias (d,))``; the layer norm's affine
-    gain and bias are fast weights too. x: ``(..., d)`` -> ``(..., d)``. Batch it with
-    ``torch.func.vmap``, or give weights leading batch dims (``W1 (b, f, d)``, x ``(b, n, d)``,
-    gain and bias ``(b, 1, d)``).
-    """
-    w1, w2, gain, bias = weights
-    out = F.gelu(x @ w1.mT) @ w2.mT  # (..., f) -> (..., d)
-    # layer norm written out: F.layer_norm's double backward under vmap gives wrong
-    # gradients w.r.t. its input (torch 2.13; pytorch/functorch#534), and training
-    # backpropagates through the gradients of the write
-    centered = out - out.mean(-1, keepdim=True)
-    return x + centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps) * gain + bias
-
-
-def associative_loss(weights: Weights, k: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
-    """Eq. (12): ``l(M; x_t) = ||M(k_t) - v_t||^2`` for one token: k, v ``(d,)`` -> scalar."""
-    return (memory_mlp(weights, k, eps) - v).pow(2).sum()
-
-
-def token_gradients(weights: Weights, k: Tensor, v: Tensor, eps: float = 1e-5) -> Weights:
-    """Eq. (16)'s gradients: ``grad l(M; x_t)`` for every token at the SAME weights, at once.
-
-    weights: each ``(b, *shape)``; k, v: ``(b, n, d)``. Returns one tensor per fast weight,
-    ``(b, n, *shape)``. Differentiable w.r.t. weights, k and v (training backpropagates
-    through the write).
-    """
-    per_token = vmap(grad(associative_loss), in_dims=(None, 0, 0, None))  # tokens share weights
-    return vmap(per_token, in_dims=(0, 0, 0, None))(weights, k, v, eps)  # one memory per batch row
-
-
-def clip_gradients(grads: Weights, bound: float, lead_dims: int) -> Weights:
-    """Scale each token's gradient so that its norm (over all fast weights) is at most ``bound``.
-
-    grads: each ``(*lead, *shape)`` with ``lead_dims`` leading dims (e.g. b, n).
-    ``g * bound / max(||g||, bound)``: the identity for small gradients, a bounded step for
-    surprising ones. Clamping the squared norm before the square root keeps the
-    backward finite at ``g = 0``.
-    """
-    sq_norm = sum(g.pow(2).flatten(lead_dims).sum(-1) for g in grads)  # (*lead)
-    scale = bound / sq_norm.clamp(min=bound**2).sqrt()
-    return tuple(g * scale.reshape(*scale.shape, *([1] * (g.dim() - lead_dims))) for g in grads)
-
-
 def _as_rate(rate: Tensor, like: Tensor) -> Tensor:
     """Reshape a rate ``(b,)`` or ``(b, c)`` to broadcast against ``like`` ``(b, [c,] *shape)``."""
     return rate.reshape(*rate.shape, *([1] * (like.dim() - rate.dim())))
-
-
-def flatten_weights(weights: Weights, lead_dims: int) -> Tensor:
-    """Concatenate fast weights, each ``(*lead, *shape)``, into one vector per row ``(*lead, P)``."""
-    return torch.cat([w.flatten(lead_dims) for w in weights], dim=-1)
-
-
-def unflatten_weights(flat: Tensor, shapes: list[torch.Size]) -> Weights:
-    """Inverse of ``flatten_weights``: ``(*lead, P)`` -> one tensor ``(*lead, *shape)`` per shape."""
-    pieces = flat.split([s.numel() for s in shapes], dim=-1)
-    return tuple(p.reshape(*flat.shape[:-1], *s) for p, s in zip(pieces, shapes))
 
 
 def chunk_lengths(n: int, chunk_size: int, offset: int) -> list[int]:
@@ -323,8 +266,8 @@ class NeuralMemory(nn.Module):
         return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset), y
 
     def _write_chunks_materialized(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
-                      state: NeuralMemoryState, q: Tensor | None = None
-                      ) -> tuple[NeuralMemoryState, Tensor | None]:
+                                   state: NeuralMemoryState, q: Tensor | None = None
+                                   ) -> tuple[NeuralMemoryState, Tensor | None]:
         """Write chunk by chunk; if ``q`` (b, n, d) is given, also read ``y_t = M_t(q_t)``.
 
         The materialised form, the reference of the dual form. Inside a chunk everything is parallel:
