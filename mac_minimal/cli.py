@@ -151,6 +151,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "taken from this command line, so --steps can extend a run)")
     _add_flags(g, RUN_FLAGS, d)
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each attention layer (mac_minimal.compiled.compile_regions): "
+                        "faster steps after a first step that compiles; the same checkpoints")
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
     except ValueError as error:

@@ -25,6 +25,10 @@ Every training choice, briefly:
   (:mod:`~mac_minimal.checkpoint`; checkpoints are written atomically).
 * **A non-finite loss stops the run** (:class:`NonFiniteLossError`, exit status 3) before the
   optimizer applies the bad step; the last checkpoint on disk is the last good state.
+* **``--compile``** (off by default): :func:`~mac_minimal.compiled.compile_regions` compiles every
+  attention layer (MAC: one call per segment) with ``torch.compile``, in place, so the first steps
+  pay for compiling a few graphs and the later ones run fused kernels; parameter names, and so
+  checkpoints, are the same with or without it (a run may be resumed either way).
 * **Distributed data parallel** (:mod:`~mac_minimal.runtime`): under ``torchrun
   --nproc_per_node=N`` each process trains on its own data stream, gradients are averaged across
   processes, and only rank 0 writes.
@@ -51,6 +55,7 @@ from tqdm import tqdm
 
 from mac_minimal.checkpoint import (CheckpointError, checkpoint_contents, load_checkpoint, restore, rng_state,
                                     save_checkpoint)
+from mac_minimal.compiled import compile_regions
 from mac_minimal.data import Batch
 from mac_minimal.evaluation import compute_loss, evaluate
 from mac_minimal.layers import num_parameters
@@ -140,6 +145,8 @@ def start_run(cfg: TrainConfig, runtime: Runtime) -> tuple[Run, int]:
     torch.manual_seed(cfg.seed)                      # the same initial weights on every rank
     model, config = build_model(cfg, data.vocab_size)
     model.to(runtime.device)
+    if cfg.compile:
+        compile_regions(model)
     optimizer, scheduler = make_optimizer(model, cfg, runtime.device)
     generator = torch.Generator().manual_seed(data_seed(cfg.seed, runtime.rank))
     step = 0

@@ -77,6 +77,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     progress: bool = True
+    compile: bool = False                            # torch.compile every repeating region (compiled.py)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

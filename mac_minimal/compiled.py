@@ -1,0 +1,87 @@
+"""The compiled path: ``torch.compile`` applied to the regions of a model that repeat.
+
+A MAC forward pass is a Python loop (segments, and inside each segment the memory's chunks) around
+many small tensor operations; run eagerly, every one of them is a separate kernel launch and a
+separate pass over memory. :func:`compile_regions` compiles what repeats, in place:
+
+* every :class:`~mac_minimal.mac_attention.MACAttention` layer: one call is eqs. (21)-(25) for one
+  segment (retrieve, attend, the memory's chunked write and read in the dual form of chapter 4,
+  combine), called once per segment and layer;
+* every block of :class:`~mac_minimal.baseline.FullAttentionTransformer`.
+
+The loops over segments and layers stay in Python, so one graph serves every segment of every
+layer (the layers have the same structure; their parameters are the graph's inputs), and the
+compile time does not grow with the sequence length or the depth. Each region is compiled with
+``fullgraph=True`` (a graph break is an error, not a silent slowdown) and ``dynamic=False`` (one
+graph per shape, specialised). A run at one sequence length compiles a few graphs on its first
+calls and none after that:
+
+* with memory, the first segment of a text reads the initial memory ``M_0`` (the parameters
+  broadcast over the batch, stride 0, and a zero momentum that needs no gradient); every later
+  segment reads a memory that the previous one wrote: two graphs;
+* a last segment shorter than ``segment_len``, or a text fed in pieces (streaming), adds one graph
+  per new piece length; evaluation under ``torch.no_grad()`` adds graphs without a backward.
+
+Token-by-token generation feeds pieces of every length from 1 to ``segment_len``: run it with an
+eager model (dynamo stops compiling after ``torch._dynamo.config.recompile_limit`` graphs and falls
+back to eager anyway).
+
+``module.compile()`` compiles a module in place, so parameter names, ``state_dict`` keys and
+therefore checkpoints are the same with and without compiling; the eager path is untouched and
+stays the default. In a notebook, one line::
+
+    model = compile_regions(MACTransformer(config))
+
+On the trainer's command line: ``python -m mac_minimal --compile``. On a CPU, the default backend
+(inductor) needs a C++ compiler (gcc or clang).
+"""
+
+import einops
+import torch
+from torch import nn
+
+from mac_minimal.baseline import Block
+from mac_minimal.mac_attention import MACAttention
+
+__all__ = ["REGIONS", "compile_regions", "compiled_regions"]
+
+REGIONS: tuple[type[nn.Module], ...] = (MACAttention, Block)
+"""The module types :func:`compile_regions` compiles: the parts of a model that repeat."""
+
+
+def _register_einops_types() -> None:
+    """Let einops meet plain tensors and parameters once, eagerly, before anything is compiled.
+
+    einops caches a backend per tensor type in a dict the first time it sees the type; if that
+    happens while dynamo traces, the dict's size becomes a guard and the next call recompiles.
+    """
+    einops.rearrange(torch.zeros(1, 1), "a b -> b a")
+    einops.rearrange(nn.Parameter(torch.zeros(1, 1)), "a b -> b a")
+
+
+def compile_regions(model: nn.Module, backend: str = "inductor", **options: object) -> nn.Module:
+    """Compile, in place, every module of ``model`` that is one of :data:`REGIONS`; returns ``model``.
+
+    ``backend`` and ``options`` go to :meth:`torch.nn.Module.compile` (``mode="max-autotune"``, say);
+    ``fullgraph=True`` and ``dynamic=False`` are fixed. The model's forward, parameters and
+    ``state_dict`` are unchanged: only how each region runs changes. Raises TypeError for something
+    that is not a module and ValueError for a model without a region to compile.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for fixed in ("fullgraph", "dynamic"):
+        if fixed in options:
+            raise ValueError(f"compile_regions fixes {fixed}; pass only backend and other options")
+    regions = [module for module in model.modules() if isinstance(module, REGIONS)]
+    if not regions:
+        names = ", ".join(region.__name__ for region in REGIONS)
+        raise ValueError(f"{type(model).__name__} has no region to compile (no {names})")
+    _register_einops_types()
+    for module in regions:
+        module.compile(backend=backend, fullgraph=True, dynamic=False, **options)
+    return model
+
+
+def compiled_regions(model: nn.Module) -> int:
+    """How many modules of ``model`` :func:`compile_regions` compiled (0 for an eager model)."""
+    return sum(getattr(module, "_compiled_call_impl", None) is not None for module in model.modules())

@@ -1,0 +1,116 @@
+"""The compiled path (:mod:`mac_minimal.compiled`): compiled and eager agree, no graph breaks, no
+recompilation once a run's shapes have been seen, the same checkpoints.
+
+Compiling is the slow part, so the models are tiny (width 16, two segments of 8 tokens) and every
+test is marked ``compile`` (``pytest -m "not compile"`` deselects them). One test compiles with
+inductor, the backend the trainer uses, and checks the numbers; the others compile with
+``aot_eager``: the same dynamo graphs and the same autograd graphs (what decides graph breaks,
+recompilation and the values), run by eager kernels instead of generated C++, in a fraction of the
+compile time.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+from torch.testing import assert_close
+
+from gradients import probe_gradients
+from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
+from mac_minimal.compiled import compile_regions, compiled_regions
+from mac_minimal.model import MACConfig, MACTransformer
+from mac_minimal.neural_memory import NeuralMemoryConfig
+
+pytestmark = pytest.mark.compile
+
+CONFIG = MACConfig(vocab_size=16, dim=16, depth=2, heads=2, segment_len=8, num_persistent=2,
+                   memory=NeuralMemoryConfig(chunk_size=8))
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)                    # float32, summed in another order
+
+
+def tokens(n: int = 16, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, CONFIG.vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def eager_and_compiled(config: MACConfig, backend: str) -> tuple[MACTransformer, MACTransformer]:
+    """Two models with the same weights, the second compiled by :func:`compile_regions`."""
+    torch.manual_seed(0)
+    eager = MACTransformer(config)
+    compiled = MACTransformer(config)
+    compiled.load_state_dict(eager.state_dict())
+    return eager, compile_regions(compiled, backend=backend)
+
+
+def graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    return counters["stats"]["unique_graphs"]
+
+
+def assert_same_logits_and_gradients(compiled: tuple[torch.Tensor, nn.Module],
+                                     eager: tuple[torch.Tensor, nn.Module]) -> None:
+    """Equal logits, and equal gradients of one random projection of them w.r.t. every parameter."""
+    (got, got_model), (expected, expected_model) = compiled, eager
+    assert_close(got, expected, **TOLERANCE)
+    for g, e in zip(probe_gradients([got], list(got_model.parameters())),
+                    probe_gradients([expected], list(expected_model.parameters()))):
+        assert_close(g, e, **TOLERANCE)
+
+
+def test_inductor_matches_eager_without_breaks_or_recompiles():
+    eager, compiled = eager_and_compiled(CONFIG, backend="inductor")
+    assert compiled_regions(compiled) == CONFIG.depth and compiled_regions(eager) == 0
+    before, breaks = graphs(), sum(counters["graph_break"].values())
+    for call in range(3):                                 # the first call compiles, the others reuse
+        logits, _ = compiled(tokens(seed=call))
+        assert_same_logits_and_gradients((logits, compiled), (eager(tokens(seed=call))[0], eager))
+        if call == 0:   # segment 0 reads M_0 (expanded parameters), segment 1 a written memory; both layers share them
+            compiled_graphs = graphs()
+            assert compiled_graphs - before == 2
+    assert graphs() == compiled_graphs                    # no recompilation
+    assert sum(counters["graph_break"].values()) == breaks
+
+
+def test_streaming_in_two_pieces_equals_one_eager_call():
+    eager, compiled = eager_and_compiled(CONFIG, backend="aot_eager")
+    x = tokens()
+    first, state = compiled(x[:, :4])                     # ends mid-segment
+    second, state = compiled(x[:, 4:], state)
+    assert state.position == 16
+    expected, _ = eager(x)
+    assert_same_logits_and_gradients((torch.cat((first, second), dim=1), compiled), (expected, eager))
+    seen = graphs()
+    first, state = compiled(x[:, :4])                     # the same pieces again: nothing new to compile
+    compiled(x[:, 4:], state)
+    assert graphs() == seen
+
+
+def test_memory_free_and_full_attention_models_compile_and_match():
+    no_memory = replace(CONFIG, use_memory=False)
+    eager, compiled = eager_and_compiled(no_memory, backend="aot_eager")
+    x = tokens()
+    assert_same_logits_and_gradients((compiled(x)[0], compiled), (eager(x)[0], eager))
+    torch.manual_seed(0)
+    full = FullAttentionTransformer(FullAttentionConfig(vocab_size=16, dim=16, depth=2, heads=2))
+    expected, _ = full(x)
+    compile_regions(full, backend="aot_eager")
+    assert compiled_regions(full) == 2
+    assert_close(full(x)[0], expected, **TOLERANCE)
+
+
+def test_checkpoints_are_the_same_with_and_without_compile():
+    eager, compiled = eager_and_compiled(CONFIG, backend="aot_eager")     # compiled lazily: no call here
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert [name for name, _ in compiled.named_parameters()] == [name for name, _ in eager.named_parameters()]
+    fresh = MACTransformer(CONFIG)
+    fresh.load_state_dict(compiled.state_dict())          # strict: a compiled model's checkpoint loads eagerly
+
+
+def test_compile_regions_refuses_what_it_cannot_compile():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        compile_regions("model")
+    with pytest.raises(ValueError, match="no region to compile"):
+        compile_regions(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="fixes fullgraph"):
+        compile_regions(MACTransformer(CONFIG), fullgraph=False)
