@@ -71,3 +71,20 @@ def test_timing_scripts_run_at_toy_sizes(tmp_path):
     step = json.loads((tmp_path / "step.json").read_text())
     assert step["smoke"] and set(step["settings"]["A"]["step_s"]) == {"mac", "mac_no_memory"}
     assert step["settings"]["A"]["model_config"]["memory"]["chunk_size"] == 8    # the config tree, recorded
+
+
+@pytest.mark.compile
+def test_compiled_benchmark_runs_at_toy_sizes(tmp_path):
+    """bench_compiled.py at toy sizes, setting A, with the aot_eager backend (dynamo and autograd's graphs
+    without generated C++, so seconds instead of minutes): every job timed, counted and measured."""
+    out = tmp_path / "compiled.json"
+    run("benchmarks/bench_compiled.py", "--smoke", "--backend", "aot_eager", "--settings", "A", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["smoke"] and result["backend"] == "aot_eager" and set(result["settings"]) == {"A"}
+    row = result["settings"]["A"]
+    for field in ("step_s", "first_step_s", "step_memory_bytes", "first_loss"):
+        assert set(row[field]) == {"mac", "mac_no_memory"}
+        assert all(set(modes) == {"eager", "compiled"} for modes in row[field].values())
+    assert row["flops"]["mac"] > row["flops"]["mac_no_memory"] > 0
+    for modes in row["first_loss"].values():                       # the same weights and tokens: the same loss
+        assert modes["compiled"] == pytest.approx(modes["eager"], rel=1e-5)
