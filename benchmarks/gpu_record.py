@@ -10,8 +10,13 @@ One script for a CUDA machine, about 8 minutes in all (``--budget-s``):
   ``"finished": false`` (its metrics up to the last evaluation stand); so is one that fails (its
   ``exit_status``).
 * **speed**: the median seconds of a training step (forward, loss, backward, AdamW) of MAC, of MAC
-  without memory and, when ``titans_pytorch`` can be imported, of ``titans-pytorch``'s
+  without memory (each eager and, as ``*_compiled``, with :func:`mac_minimal.compiled.compile_regions`)
+  and, when ``titans_pytorch`` can be imported, of ``titans-pytorch``'s
   ``MemoryAsContextTransformer`` at the size of ``bench_titans.py``, interleaved.
+
+``--compile`` runs the trainer with ``--compile`` (the compiled path) and adds the compiled jobs to
+**speed**. Off by default until it has been measured on the GPU: each run's time share then also
+pays for compiling its graphs (once per shape, cached on disk across runs of the same shapes).
 
 Writes ``book/results/gpu/runs.json`` (the runs' summaries), one ``RUN.jsonl`` metrics file per
 run and ``book/results/gpu/speed.json``; chapter 8 plots them when they exist. ``--smoke`` runs
@@ -20,6 +25,7 @@ everything at toy sizes on whatever device there is, in a few seconds per run, a
 
     python3 benchmarks/gpu_record.py                       # on the GPU machine
     python3 benchmarks/gpu_record.py --smoke               # anywhere, to check the script
+    python3 benchmarks/gpu_record.py --compile             # the runs and the speed on the compiled path
     # titans-pytorch has no network there: pip download it here, carry the wheels, then
     # pip install --no-index --find-links wheels titans-pytorch
 """
@@ -38,6 +44,7 @@ import torch
 
 from common import (RESULTS, TITANS_SIZED_MAC, mac_config, median_seconds, next_token_loss, set_flags, training_step,
                     write_json)
+from mac_minimal.compiled import compile_regions
 from mac_minimal.model import MACTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,8 +66,9 @@ SMOKE = {"one_fact": dict(seq_len=32, segment_len=8, chunk_size=8, eval_distance
 MODELS = ("mac", "mac_no_memory", "full_attention")
 
 
-def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: float) -> dict:
+def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: float, compiled: bool) -> dict:
     flags = set_flags(TASKS[task], **SMOKE[task], steps=6, eval_every=3) if smoke else TASKS[task]
+    flags = flags + ["--compile"] if compiled else flags
     run_dir = out / "runs" / f"{model}-{task}"
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "mac_minimal.train", "--model", model, *COMMON, *flags, "--out", str(run_dir)]
@@ -87,8 +95,9 @@ def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: fl
             "final": final.get("accuracy", final.get("bpb")), "device": records[0].get("device") if records else None}
 
 
-def speed(device: torch.device, smoke: bool, repeats: int) -> dict:
-    """Median training-step seconds of MAC, MAC without memory and (if importable) titans-pytorch."""
+def speed(device: torch.device, smoke: bool, repeats: int, compiled: bool) -> dict:
+    """Median training-step seconds of MAC, MAC without memory (also compiled, if ``compiled``) and (if
+    importable) titans-pytorch; the warm-up round compiles."""
     try:
         import bench_titans                              # imports titans_pytorch
         size, titans = bench_titans.OURS_MODEL, bench_titans
@@ -104,13 +113,18 @@ def speed(device: torch.device, smoke: bool, repeats: int) -> dict:
         jobs = {"mac": training_step(MACTransformer(mac_config(**size)).to(device), tokens, next_token_loss),
                 "mac_no_memory": training_step(MACTransformer(mac_config(**size, use_memory=False)).to(device),
                                                tokens, next_token_loss)}
+        if compiled:
+            for name in ("mac", "mac_no_memory"):
+                torch.manual_seed(0)
+                model = MACTransformer(mac_config(**size, use_memory=name == "mac")).to(device)
+                jobs[f"{name}_compiled"] = training_step(compile_regions(model), tokens, next_token_loss)
         if titans is not None:
             model, loss_fn = titans.make_model("titans")
             jobs["titans"] = training_step(model.to(device), tokens, loss_fn)
         rows.append({"n": seq_len, "batch": tokens.shape[0], "step_s": median_seconds(jobs, repeats)})
         print(f"speed n={seq_len}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in rows[-1]["step_s"].items()),
               flush=True)
-    return {"model_config": size, "titans_pytorch": titans is not None, "rows": rows,
+    return {"model_config": size, "titans_pytorch": titans is not None, "compiled": compiled, "rows": rows,
             "step_s": "median seconds of a float32 training step after one warm-up, implementations interleaved"}
 
 
@@ -120,6 +134,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall seconds for everything")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="default: book/results/gpu")
     parser.add_argument("--only", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--compile", dest="compiled", action="store_true",
+                        help="trainer runs with --compile; speed also times compiled MAC")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
@@ -127,15 +143,16 @@ def main() -> None:
     out = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gpu_record_")) if args.smoke else RESULTS / "gpu")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    speed_result = speed(device, args.smoke, repeats=3 if args.smoke else 10)
+    speed_result = speed(device, args.smoke, repeats=3 if args.smoke else 10, compiled=args.compiled)
     write_json(out / "speed.json", {**speed_result, "device": torch.cuda.get_device_name() if device.type == "cuda"
                                     else "cpu", "torch": torch.__version__, "smoke": args.smoke})
     jobs = [(model, task) for task in args.only for model in MODELS]
     runs = []
     for i, (model, task) in enumerate(jobs):
         share = (args.budget_s - (time.perf_counter() - start)) / (len(jobs) - i)
-        runs.append(train_run(model, task, args.smoke, out, max(share, 10.0)))
-    write_json(out / "runs.json", {"runs": runs, "smoke": args.smoke, "budget_s": args.budget_s,
+        runs.append(train_run(model, task, args.smoke, out, max(share, 10.0), args.compiled))
+    write_json(out / "runs.json", {"runs": runs, "smoke": args.smoke, "compiled": args.compiled,
+                                   "budget_s": args.budget_s,
                                    "total_s": round(time.perf_counter() - start, 1)})
     shutil.rmtree(out / "runs", ignore_errors=True)                 # checkpoints stay out of the book
 
