@@ -9,6 +9,7 @@ recompilation and the values), run by eager kernels instead of generated C++, in
 compile time.
 """
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -18,10 +19,13 @@ from torch._dynamo.utils import counters
 from torch.testing import assert_close
 
 from gradients import probe_gradients
+import mac_minimal.train
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
+from mac_minimal.cli import parse_args
 from mac_minimal.compiled import compile_regions, compiled_regions
 from mac_minimal.model import MACConfig, MACTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig
+from mac_minimal.train_config import build_model
 
 pytestmark = pytest.mark.compile
 
@@ -114,3 +118,28 @@ def test_compile_regions_refuses_what_it_cannot_compile():
         compile_regions(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="fixes fullgraph"):
         compile_regions(MACTransformer(CONFIG), fullgraph=False)
+
+
+def test_trainer_compile_flag_trains_and_writes_an_eager_checkpoint(tmp_path, monkeypatch):
+    """``--compile`` compiles the trainer's model (here with aot_eager, for time); its checkpoint has
+    the eager model's keys and loads into one."""
+    cfg = parse_args(["--model", "mac", "--task", "recall", "--num-facts", "1", "--seq-len", "24", "--segment-len", "8",
+                      "--chunk-size", "8", "--dim", "16", "--batch-size", "4", "--steps", "2", "--eval-every", "2",
+                      "--eval-distances", "4,12,20", "--device", "cpu", "--no-progress", "--compile",
+                      "--out", str(tmp_path / "run")])
+    assert cfg.compile and not parse_args(["--out", str(tmp_path / "other")]).compile
+    compiled_models = []
+
+    def compile_with_aot_eager(model):
+        compiled_models.append(compile_regions(model, backend="aot_eager"))
+        return model
+
+    monkeypatch.setattr(mac_minimal.train, "compile_regions", compile_with_aot_eager)
+    mac_minimal.train.train(cfg)
+    assert len(compiled_models) == 1 and compiled_regions(compiled_models[0]) == cfg.depth
+    payload = torch.load(cfg.checkpoint_path, map_location="cpu", weights_only=True)
+    eager, _ = build_model(cfg, cfg.recall_task.vocab_size)
+    assert list(payload["model"]) == list(eager.state_dict())
+    eager.load_state_dict(payload["model"])
+    start = json.loads(cfg.metrics_path.read_text().splitlines()[0])
+    assert start["train_config"]["compile"] is True
