@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip step memory (each job in a fresh process, which compiles again)")
-    parser.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: no C++, to check the script)")
+    parser.add_argument("--backend", default="inductor",
+                        help="torch.compile backend (aot_eager: no C++, to check the script)")
     parser.add_argument("--smoke", action="store_true", help="toy sizes, to check the script runs")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help=f"JSON output (default {OUT.relative_to(RESULTS.parents[1])}; --smoke: none)")

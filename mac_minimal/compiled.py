@@ -22,9 +22,12 @@ calls and none after that:
 * a last segment shorter than ``segment_len``, or a text fed in pieces (streaming), adds one graph
   per new piece length; evaluation under ``torch.no_grad()`` adds graphs without a backward.
 
+Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` graphs per code object (8 by default),
+and every compiled model in a process shares ``MACAttention.forward``'s: a training run with its
+evaluation, or a benchmark with two models, needs more than 8 by design, and with ``fullgraph=True``
+going past the limit is an error. :func:`compile_regions` raises the limit to :data:`RECOMPILE_LIMIT`.
 Token-by-token generation feeds pieces of every length from 1 to ``segment_len``: run it with an
-eager model (dynamo stops compiling after ``torch._dynamo.config.recompile_limit`` graphs and falls
-back to eager anyway).
+eager model.
 
 ``module.compile()`` compiles a module in place, so parameter names, ``state_dict`` keys and
 therefore checkpoints are the same with and without compiling; the eager path is untouched and
@@ -43,7 +46,10 @@ from torch import nn
 from mac_minimal.baseline import Block
 from mac_minimal.mac_attention import MACAttention
 
-__all__ = ["REGIONS", "compile_regions", "compiled_regions"]
+__all__ = ["REGIONS", "RECOMPILE_LIMIT", "compile_regions", "compiled_regions"]
+
+RECOMPILE_LIMIT = 64
+"""Graphs dynamo may keep per code object once :func:`compile_regions` ran (at least this many)."""
 
 REGIONS: tuple[type[nn.Module], ...] = (MACAttention, Block)
 """The module types :func:`compile_regions` compiles: the parts of a model that repeat."""
@@ -63,7 +69,8 @@ def compile_regions(model: nn.Module, backend: str = "inductor", **options: obje
     """Compile, in place, every module of ``model`` that is one of :data:`REGIONS`; returns ``model``.
 
     ``backend`` and ``options`` go to :meth:`torch.nn.Module.compile` (``mode="max-autotune"``, say);
-    ``fullgraph=True`` and ``dynamic=False`` are fixed. The model's forward, parameters and
+    ``fullgraph=True`` and ``dynamic=False`` are fixed; dynamo's recompile limit is raised to
+    :data:`RECOMPILE_LIMIT` (see the module's docstring). The model's forward, parameters and
     ``state_dict`` are unchanged: only how each region runs changes. Raises TypeError for something
     that is not a module and ValueError for a model without a region to compile.
     """
@@ -77,6 +84,7 @@ def compile_regions(model: nn.Module, backend: str = "inductor", **options: obje
         names = ", ".join(region.__name__ for region in REGIONS)
         raise ValueError(f"{type(model).__name__} has no region to compile (no {names})")
     _register_einops_types()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for module in regions:
         module.compile(backend=backend, fullgraph=True, dynamic=False, **options)
     return model

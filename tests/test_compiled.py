@@ -22,7 +22,7 @@ from gradients import probe_gradients
 import mac_minimal.train
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
 from mac_minimal.cli import parse_args
-from mac_minimal.compiled import compile_regions, compiled_regions
+from mac_minimal.compiled import RECOMPILE_LIMIT, compile_regions, compiled_regions
 from mac_minimal.model import MACConfig, MACTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig
 from mac_minimal.train_config import build_model
@@ -105,6 +105,7 @@ def test_memory_free_and_full_attention_models_compile_and_match():
 
 def test_checkpoints_are_the_same_with_and_without_compile():
     eager, compiled = eager_and_compiled(CONFIG, backend="aot_eager")     # compiled lazily: no call here
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT       # graphs of many models and shapes
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert [name for name, _ in compiled.named_parameters()] == [name for name, _ in eager.named_parameters()]
     fresh = MACTransformer(CONFIG)
