@@ -41,9 +41,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from mac_minimal.checkpoint import load_trained_model
 from mac_minimal.model import MACConfig
 from mac_minimal.neural_memory import NeuralMemoryConfig
-from mac_minimal.train_config import TrainConfig, build_model
+from mac_minimal.train_config import TrainConfig
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
 
@@ -207,8 +208,4 @@ def set_flags(flags: list[str], **values: object) -> list[str]:
 def load_recall_run(run: pathlib.Path) -> tuple[torch.nn.Module, TrainConfig, int]:
     """The model a recall run of the trainer left in ``run/checkpoint.pt`` (CPU, eval mode), the
     run's :class:`~mac_minimal.train_config.TrainConfig` and the step the checkpoint was saved at."""
-    payload = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    cfg = TrainConfig(**payload["train_config"])
-    model, _ = build_model(cfg, cfg.recall_task.vocab_size)
-    model.load_state_dict(payload["model"])
-    return model.eval(), cfg, payload["step"]
+    return load_trained_model(run / "checkpoint.pt")

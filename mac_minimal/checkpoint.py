@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from mac_minimal.runtime import Runtime
-from mac_minimal.train_config import TrainConfig
+from mac_minimal.train_config import TrainConfig, build_model
 
 __all__ = ["CheckpointError", "CHECKPOINT_TYPES", "CHECKPOINT_KEYS", "rng_state", "checkpoint_contents",
-           "save_checkpoint", "load_checkpoint", "restore"]
+           "save_checkpoint", "load_checkpoint", "restore", "load_trained_model"]
 
 
 class CheckpointError(ValueError):
@@ -145,3 +145,25 @@ def restore(path: Path, payload: dict[str, Any], model: nn.Module, optimizer: to
         raise CheckpointError(f"{path} is not a checkpoint of this trainer or does not fit this model "
                               f"({_one_line(error)}); nothing was overwritten") from None
     return payload["step"]
+
+
+def load_trained_model(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig, int]:
+    """The model a checkpoint of the trainer holds (float32, on the CPU, in eval mode), the run's
+    :class:`TrainConfig` and the step it was saved at: a trained model to read, not to resume.
+
+    Raises :class:`CheckpointError` if ``path`` is not a readable checkpoint of this trainer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
+    foreign = _foreign(payload)
+    if foreign:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer ({'; '.join(foreign)})")
+    cfg = TrainConfig(**payload["train_config"])
+    model, _ = build_model(cfg, payload["model_config"]["vocab_size"])
+    model.load_state_dict(payload["model"])
+    return model.eval(), cfg, payload["step"]

@@ -12,7 +12,7 @@ import torch
 
 import mac_minimal.cli as cli_module
 import mac_minimal.train as train_module
-from mac_minimal.checkpoint import CHECKPOINT_KEYS, CheckpointError, save_checkpoint
+from mac_minimal.checkpoint import CHECKPOINT_KEYS, CheckpointError, save_checkpoint, load_trained_model
 from mac_minimal.cli import main, parse_args
 from mac_minimal.data import KEY, QUERY, VALUE, RecallTask, lm_eval_batches, read_corpus, recall_batch
 from mac_minimal.evaluation import compute_loss, evaluate_lm, evaluate_recall
@@ -429,3 +429,19 @@ def test_two_processes_with_gloo_keep_identical_parameters(tmp_path):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert len(checkpoint["rng"]) == 2
     assert not torch.equal(checkpoint["rng"][0]["data"], checkpoint["rng"][1]["data"])  # one stream per rank
+
+
+def test_a_trained_model_loads_from_its_checkpoint_with_its_config(tmp_path):
+    """load_trained_model: the weights, the run's TrainConfig and the step of the checkpoint; eval mode.
+    A missing or unreadable file is a CheckpointError naming the path."""
+    cfg = tiny(tmp_path, model="mac", steps=2, eval_every=2)
+    train(cfg)
+    model, loaded_cfg, step = load_trained_model(cfg.checkpoint_path)
+    saved = torch.load(cfg.checkpoint_path, weights_only=True)["model"]
+    assert step == 2 and loaded_cfg == cfg and not model.training
+    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_trained_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt is not a readable checkpoint"):
+        load_trained_model(tmp_path / "junk.pt")
