@@ -13,8 +13,11 @@ initialised differently. Two steps, each on one CPU thread per process, two proc
   - recall accuracy against distance (:func:`~mac_minimal.evaluation.evaluate_recall`);
   - the memory's learned rates by token type on such a stream (``theta_t`` on the filler against
     on the fact, ``alpha_t``), and the learned biases of their logits;
-  - with ``--alpha-shifts``, the same accuracy with the forgetting logit shifted at evaluation
-    only (the horizon against a forced alpha).
+  - with ``--by-length``, accuracy at near distances (8 .. 40 tokens) on streams 1, 2, 4, 8 and
+    16x the training length: what a long history does to the recall of a recent fact;
+  - with ``--alpha-shifts`` and ``--filler-theta``, the same accuracy with the rates forced at
+    evaluation only: the forgetting logit shifted (the horizon against alpha), the step size on
+    filler tokens scaled (0: the filler is not written; how much its writes interfere), and both.
 
 Writes ``book/results/horizon/NAME-sSEED.json`` (the command, its wall time, the training-length
 evaluation, the long-stream one) and a copy of the run's ``metrics.jsonl``.
@@ -25,6 +28,7 @@ evaluation, the long-stream one) and a copy of the run's ``metrics.jsonl``.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,8 +56,20 @@ VARIANTS = {
     "default": MAC,                                                   # alpha ~ 0.018: ~55 tokens
     "alpha-7": MAC + ["--memory-alpha-logit-init", "-7"],             # alpha ~ 0.0009: ~1,100 tokens
     "alpha-7-theta-3": MAC + ["--memory-alpha-logit-init", "-7", "--memory-theta-logit-init", "-3"],
+    "alpha-10": MAC + ["--memory-alpha-logit-init", "-10"],           # alpha ~ 0.00005: ~22,000 tokens
+    "alpha-10-theta-3": MAC + ["--memory-alpha-logit-init", "-10", "--memory-theta-logit-init", "-3"],
+    # sparse writes: every step starts near 0 (theta ~ 0.0007), a learned one may reach a larger cap
+    "alpha-10-theta-5-lr0.1": set_flags(MAC, memory_max_lr=0.1) + ["--memory-alpha-logit-init", "-10",
+                                                                  "--memory-theta-logit-init", "-5"],
     "mac_no_memory": BASE + ["--model", "mac_no_memory"],
     "full_attention": BASE + ["--model", "full_attention"],
+}
+# a length curriculum: a finished run of VARIANTS[base], copied and resumed on longer streams for more steps
+CONTINUED = {
+    "alpha-10-then128": ("alpha-10", dict(seq_len=128, steps=2300, eval_every=100,
+                                          eval_distances="4,8,16,32,60,124")),
+    "alpha-10-then256": ("alpha-10-then128", dict(seq_len=256, steps=2500, eval_every=100,
+                                                  eval_distances="4,8,16,32,60,124,252")),
 }
 
 
@@ -60,24 +77,39 @@ def run_dir(name: str, seed: int) -> Path:
     return RUNS / f"{name}-s{seed}"
 
 
+def flags(name: str) -> list[str]:
+    """The trainer flags of a variant (a continued one: its base's, changed, and ``--resume``)."""
+    if name not in CONTINUED:
+        return VARIANTS[name]
+    base, changes = CONTINUED[name]
+    return set_flags([f for f in flags(base) if f != "--resume"], **changes) + ["--resume"]
+
+
 def command(name: str, seed: int) -> list[str]:
-    return ["python", "-m", "mac_minimal.train", *COMMON, *VARIANTS[name], "--seed", str(seed),
+    """The trainer command of a variant; a continued one resumes a copy of its base run."""
+    return ["python", "-m", "mac_minimal.train", *COMMON, *flags(name), "--seed", str(seed),
             "--out", str(run_dir(name, seed).relative_to(ROOT))]
 
 
-def finished(run: Path) -> bool:
+def finished(run: Path, steps: int) -> bool:
+    """Whether the run's metrics end with the ``end`` record of step ``steps``."""
     path = run / "metrics.jsonl"
-    return path.exists() and '"event": "end"' in path.read_text()
+    last = json.loads(path.read_text().splitlines()[-1]) if path.exists() else {}
+    return last.get("event") == "end" and last.get("step") == steps
 
 
 def train(name: str, seed: int) -> None:
-    """Run the variant's command unless its run finished already; record its wall time beside it."""
-    run = run_dir(name, seed)
-    if finished(run):
+    """Run the variant's command unless its run finished already (a continued variant: its base run
+    first, then a copy of it resumed)."""
+    run, cmd = run_dir(name, seed), command(name, seed)
+    if finished(run, int(cmd[cmd.index("--steps") + 1])):
         return
-    cmd = command(name, seed)
-    print(" ".join(cmd), flush=True)
     shutil.rmtree(run, ignore_errors=True)
+    if name in CONTINUED:
+        base = CONTINUED[name][0]
+        train(base, seed)
+        shutil.copytree(run_dir(base, seed), run)
+    print(" ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                    env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -93,62 +125,114 @@ def long_distances(long_len: int, train_len: int, segment: int) -> list[int]:
     return sorted(points)
 
 
+@contextlib.contextmanager
 def shifted_alpha(model: torch.nn.Module, shift: float):
     """Add ``shift`` to every memory's forgetting logit (the bias of ``to_rates``'s third output)."""
     biases = [block.attn.memory.to_rates.bias for block in model.blocks]
     for bias in biases:
         bias.data[2] += shift
-    return biases
+    try:
+        yield
+    finally:
+        for bias in biases:
+            bias.data[2] -= shift
+
+
+@contextlib.contextmanager
+def filler_theta_scaled(model: torch.nn.Module, filler_start: int, scale: float):
+    """Multiply ``theta_t`` by ``scale`` wherever the input token is filler (id >= ``filler_start``), in
+    every layer: with ``scale=0`` the filler writes nothing, only momentum and forgetting act there.
+
+    Works for a whole stream in one call (the evaluation's case): each memory call writes the next
+    segment, so a counter per layer says which tokens its ``y`` (b, c, d) belongs to."""
+    filler, position = [None], [0] * len(model.blocks)
+
+    def remember_tokens(_module, args):
+        filler[0] = args[0] >= filler_start                                   # (b, n) bool
+        position[:] = [0] * len(model.blocks)
+
+    def scaled_rates(memory, layer):
+        def rates(y):
+            theta, eta, alpha = type(memory).rates(memory, y)                  # each (b, c)
+            start, c = position[layer], y.shape[1]
+            position[layer] += c
+            keep = torch.where(filler[0][:, start:start + c], scale, 1.0)
+            return theta * keep, eta, alpha
+        return rates
+
+    handle = model.register_forward_pre_hook(remember_tokens)
+    for layer, block in enumerate(model.blocks):
+        block.attn.memory.rates = scaled_rates(block.attn.memory, layer)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for block in model.blocks:
+            del block.attn.memory.rates
 
 
 @torch.no_grad()
-def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[float]) -> dict:
+def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[float],
+             filler_theta: list[float], by_length: bool) -> dict:
     run = run_dir(name, seed)
     model, cfg, step = load_recall_run(run)
     torch.set_num_threads(1)
     long_len = long * cfg.seq_len
     distances = long_distances(long_len, cfg.seq_len, cfg.segment_len)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    end = next(m for m in metrics if m["event"] == "end")
+    end = next((m for m in metrics if m["event"] == "end"), {"wall_s": float("nan")})   # nan: unfinished
     result = {"variant": name, "seed": seed, "step": step, "command": " ".join(command(name, seed)),
+              "evaluated_with": " ".join(["python", "benchmarks/memory_horizon.py", *sys.argv[1:]]),
               "train_wall_s": round(end["wall_s"], 1), "train_len": cfg.seq_len, "long_len": long_len,
               "final_at_train_len": [m for m in metrics if m["event"] == "eval"][-1]["accuracy"],
               "environment": environment()}
 
-    def accuracy() -> dict:
+    def accuracy(forced: str = "") -> dict:
         start = time.perf_counter()
         scores = evaluate_recall(model, distances, long_len, cfg.num_facts, 32, batches, task=cfg.recall_task)
-        print(f"  {name} s{seed}: {({d: round(a, 2) for d, a in scores['accuracy'].items()})} "
+        print(f"  {name} s{seed}{forced}: {({d: round(a, 2) for d, a in scores['accuracy'].items()})} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         return scores["accuracy"]
 
     result["accuracy"] = accuracy()
+    if by_length:          # the same near distances on streams 1x .. long x the training length
+        near = [d for d in (8, 12, 16, 24, 40) if d <= cfg.seq_len - 4]
+        result["by_stream_length"] = {
+            cfg.seq_len * m: evaluate_recall(model, near, cfg.seq_len * m, cfg.num_facts, 32, batches,
+                                             task=cfg.recall_task)["accuracy"]
+            for m in (1, 2, 4, 8, 16) if m <= long}
+        print(f"  {name} s{seed} by stream length: {result['by_stream_length']}", flush=True)
     if cfg.model == "mac":
-        rates = rates_by_token(model, cfg.__class__(**{**cfg.__dict__, "seq_len": long_len}), cfg.recall_task,
-                               distance=long_len // 2)
+        rates = rates_by_token(model, replace(cfg, seq_len=long_len), cfg.recall_task, distance=long_len // 2)
         result["rates"] = [{"by_type": layer["by_type"], "memory_scale": layer["memory_scale"],
                             "logit_bias": block.attn.memory.to_rates.bias.tolist()}
                            for layer, block in zip(rates["layers"], model.blocks)]
-        result["alpha_shifts"] = {}
-        for shift in alpha_shifts:
-            biases = shifted_alpha(model, shift)
-            result["alpha_shifts"][shift] = accuracy()
-            for bias in biases:
-                bias.data[2] -= shift
-    shutil.copy(run / "metrics.jsonl", OUT / f"{name}-s{seed}.jsonl")
+        result["forced"] = []                 # accuracy with the rates changed at evaluation only
+        for shift in [0.0, *alpha_shifts]:
+            for scale in [1.0, *filler_theta]:
+                if (shift, scale) == (0.0, 1.0):
+                    continue
+                with shifted_alpha(model, shift), filler_theta_scaled(model, cfg.recall_task.filler_start, scale):
+                    result["forced"].append({"alpha_logit_shift": shift, "filler_theta_scale": scale,
+                                             "accuracy": accuracy(f" alpha {shift:+g}, filler theta x{scale:g}")})
     write_json(OUT / f"{name}-s{seed}.json", result)
+    shutil.copy(run / "metrics.jsonl", OUT / f"{name}-s{seed}.jsonl")
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--only", nargs="+", choices=[*VARIANTS, *CONTINUED], default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--train", action="store_true", help="train the runs first (finished ones are kept)")
     parser.add_argument("--long", type=int, default=16, help="evaluation streams, in training lengths")
     parser.add_argument("--eval-batches", type=int, default=4, help="batches of 32 per distance")
     parser.add_argument("--alpha-shifts", nargs="*", type=float, default=[],
                         help="also evaluate with the forgetting logit shifted by these")
+    parser.add_argument("--filler-theta", nargs="*", type=float, default=[],
+                        help="also evaluate with theta_t on filler tokens multiplied by these (0: filler not written)")
+    parser.add_argument("--by-length", action="store_true",
+                        help="also: near distances (8 .. 40) on streams 1, 2, 4, 8, 16x the training length")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="print the training commands and stop")
     args = parser.parse_args()
@@ -160,7 +244,8 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         if args.train:
             list(pool.map(lambda job: train(*job), jobs))
-        list(pool.map(lambda job: evaluate(*job, args.long, args.eval_batches, args.alpha_shifts), jobs))
+        list(pool.map(lambda job: evaluate(*job, args.long, args.eval_batches, args.alpha_shifts, args.filler_theta,
+                                       args.by_length), jobs))
 
 
 if __name__ == "__main__":
