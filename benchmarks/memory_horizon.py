@@ -2,10 +2,11 @@
 
 Every variant is one trainer command on the one-fact task of ``mac_trainability.py`` (64-token
 streams, segments and memory chunks of 8, both trainability changes), with the memory's rates
-initialised differently. Two steps, each on one CPU thread per process, two processes at a time:
+initialised differently, or (``CONTINUED``) such a run resumed on longer streams, a length
+curriculum. Two steps, on one CPU thread per process:
 
 * ``--train``: run the variants' commands (``runs/horizon/NAME-sSEED``; a finished run is kept);
-* ``--evaluate`` (the default): load each run's checkpoint and measure, on streams ``--long``
+* then, always: load each run's checkpoint and measure, on streams ``--long``
   times the training length (16x: 1,024 tokens, 128 segments), with the fact at every distance
   from half a segment to the whole stream (so the memory holds the filler written before the fact
   as well as after it):
@@ -53,7 +54,7 @@ RUNS = ROOT / "runs" / "horizon"
 BASE = set_flags(ONE_FACT, steps=2000, eval_every=500)
 MAC = BASE + TRAINABLE
 VARIANTS = {
-    "default": MAC,                                                   # alpha ~ 0.018: ~55 tokens
+    "default": MAC,                                   # alpha ~ 0.018: ~55 tokens (not recorded here)
     "alpha-7": MAC + ["--memory-alpha-logit-init", "-7"],             # alpha ~ 0.0009: ~1,100 tokens
     "alpha-7-theta-3": MAC + ["--memory-alpha-logit-init", "-7", "--memory-theta-logit-init", "-3"],
     "alpha-10": MAC + ["--memory-alpha-logit-init", "-10"],           # alpha ~ 0.00005: ~22,000 tokens
@@ -70,6 +71,8 @@ CONTINUED = {
                                           eval_distances="4,8,16,32,60,124")),
     "alpha-10-then256": ("alpha-10-then128", dict(seq_len=256, steps=2500, eval_every=100,
                                                   eval_distances="4,8,16,32,60,124,252")),
+    "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
+                                                                      eval_distances="4,8,16,32,60,124")),
 }
 
 
