@@ -17,6 +17,8 @@ Each function draws on a matplotlib ``Axes`` and returns it; the chapters call t
   weights and a c x c matrix, only the chunk-end weights built.
 * :func:`persistent_layout` (chapter 5): the causal mask over ``[p | S]`` with the slots' rotary
   positions (position 0 in mode "kv").
+* :func:`recall_stream` (chapter 8): one stream of the recall task, filler, the fact, the question
+  and its answer, with the segments and the distance (the layout: :func:`recall_layout`).
 
 Every diagram is sized so that its smallest text stays at least 9 px when the book's column
 (:data:`COLUMN_PX`) shows it (:func:`smallest_text_px`).
@@ -25,9 +27,13 @@ Every diagram is sized so that its smallest text stays at least 9 px when the bo
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyBboxPatch, Patch
 from matplotlib.text import Text
 from torch import Tensor
+
+from mac_minimal.checks import require_positive_int
+from mac_minimal.data import TOKENS_PER_FACT, recall_distance_range
 
 COLORS = {"persistent": "#c7c7c7", "retrieved": "#9ecae1", "segment": "#fdd0a2", "memory": "#c7e9c0",
           "output": "#fcbba1"}
@@ -284,4 +290,98 @@ def mmrec_step(ax: Axes | None = None) -> Axes:
     _arrow(ax, (4.1, 1.5), (7.6, 0.6))
     ax.text(7.8, 0.3, r"write $(h_t, h_t)$ to the short bank, $(k_t, v_t)$ to the long bank, after the read",
             ha="center", fontsize=8)
+    return ax
+
+
+RECALL_COLORS = {"filler": "#f0f0f0", "fact": COLORS["retrieved"], "question": COLORS["segment"],
+                 "answer": COLORS["output"]}
+
+
+def recall_layout(seq_len: int, distance: int) -> list[tuple[str, str]]:
+    """``(kind, label)`` of every position of one recall stream with one fact (chapter 8), the
+    ``seq_len`` inputs of :func:`mac_minimal.data.recall_batch` and then the answer (the target of
+    the last input), ``seq_len + 1`` entries: kind ``"filler"`` (label ""), ``"fact"`` (``KEY``,
+    ``k``, ``VALUE``, ``v``), ``"question"`` (``QUERY``, ``k``, ``VALUE``) or ``"answer"`` (``v``).
+    The question is the last three inputs and starts ``distance`` tokens after the fact."""
+    low, high = recall_distance_range(seq_len, 1)
+    if not low <= distance <= high:
+        raise ValueError(f"distance must lie in [{low}, {high}] for seq_len={seq_len}, got {distance}")
+    layout = [("filler", "")] * (seq_len + 1)
+    question = seq_len + 1 - TOKENS_PER_FACT          # data.recall_batch's query_start (one fact)
+    fact = question - distance
+    layout[fact:fact + TOKENS_PER_FACT] = [("fact", label) for label in ("KEY", "k", "VALUE", "v")]
+    layout[question:] = [("question", "QUERY"), ("question", "k"), ("question", "VALUE"), ("answer", "v")]
+    return layout
+
+
+def _fanned_labels(ax: Axes, labels: list[tuple[int, str]], title: str, n: int) -> None:
+    """Label the tokens ``labels`` ((position, text), left to right) in one row above the strip,
+    spread to their measured widths around the group's centre (kept inside ``[0, n]``), each joined
+    to its box by a line; ``title`` above the row."""
+    renderer = ax.figure.canvas.get_renderer()
+    to_data = ax.transData.inverted()
+    texts = [ax.text(0, 2.3, text, ha="center", va="bottom", fontsize=9) for _, text in labels]
+    widths = []
+    for t in texts:
+        box = t.get_window_extent(renderer)
+        widths.append(to_data.transform((box.x1, 0))[0] - to_data.transform((box.x0, 0))[0])
+    gap = 0.8
+    total = sum(widths) + gap * (len(widths) - 1)
+    left = (labels[0][0] + labels[-1][0] + 1) / 2 - total / 2
+    left = min(max(left, 0.0), n - total)
+    for (position, _), text, width in zip(labels, texts, widths):
+        text.set_x(left + width / 2)
+        ax.plot([left + width / 2, position + 0.5], [2.25, 1.05], color="black", lw=0.5)
+        left += width + gap
+    ax.text(text.get_position()[0] / 2 + texts[0].get_position()[0] / 2, 3.3, title, ha="center",
+            va="bottom", fontsize=9, style="italic")
+
+
+def recall_stream(ax: Axes | None = None, seq_len: int = 64, distance: int = 32, segment_len: int = 8) -> Axes:
+    """One stream of the recall task (chapter 8, :func:`mac_minimal.data.recall_batch` with one fact)
+    as a strip of token boxes coloured by kind (:func:`recall_layout`), the fact and the question
+    labelled above their tokens, the segments of ``segment_len`` tokens below (MAC attends inside
+    one; only the neural memory carries the fact across), and the ``distance`` from the fact's start
+    to the question's start. Each token box has the gid ``"<kind> <position>"``."""
+    require_positive_int("segment_len", segment_len)
+    layout = recall_layout(seq_len, distance)
+    n = len(layout)                                   # seq_len inputs + the answer
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.5, 2.6))
+        fig.subplots_adjust(left=0.1, right=0.99, bottom=0.02, top=0.98)
+    ax.set_xlim(-0.5, n + 0.5)
+    ax.set_ylim(-2.9, 5.0)
+    ax.axis("off")
+    for t, (kind, _) in enumerate(layout):
+        box = plt.Rectangle((t + 0.06, 0), 0.88, 1.0, facecolor=RECALL_COLORS[kind],
+                            edgecolor="black" if kind != "filler" else "#999999",
+                            lw=0.5, ls="--" if kind == "answer" else "-")
+        box.set_gid(f"{kind} {t}")
+        ax.add_patch(box)
+    fact = next(t for t, (kind, _) in enumerate(layout) if kind == "fact")
+    question = next(t for t, (kind, _) in enumerate(layout) if kind == "question")
+    for name, first in (("fact", fact), ("question", question)):
+        _fanned_labels(ax, [(t, label) for t, (_, label) in enumerate(layout) if label and
+                            first <= t < first + TOKENS_PER_FACT], name, n)
+    ax.text(n - 0.5, -0.15, "answer\n(target)", ha="center", va="top", fontsize=9)
+    # segments: boundaries every segment_len inputs, numbered below
+    for start in range(0, seq_len, segment_len):
+        end = min(seq_len, start + segment_len)
+        ax.plot([start, start], [-0.25, 1.25], color="tab:red", lw=1.2)
+        number = start // segment_len + 1
+        if end - start > len(str(number)):            # room for the number (about a token per digit)
+            ax.text((start + end) / 2, -0.2, str(number), ha="center", va="top", fontsize=9)
+    ax.plot([seq_len, seq_len], [-0.25, 1.25], color="tab:red", lw=1.2)
+    ax.text(-0.7, 0.5, "tokens", ha="right", va="center", fontsize=9)
+    ax.text(-0.7, -0.75, "segment", ha="right", va="center", fontsize=9, color="tab:red")
+    # the distance: fact start -> question start
+    ax.annotate("", xy=(question, -1.9), xytext=(fact, -1.9),
+                arrowprops=dict(arrowstyle="<|-|>", color="black", lw=0.9, shrinkA=0, shrinkB=0))
+    for x in (fact, question):
+        ax.plot([x, x], [-2.2, -0.05], color="black", lw=0.6, ls=":")
+    ax.text((fact + question) / 2, -2.1, f"distance = {distance} tokens", ha="center", va="top", fontsize=9)
+    handles = [Patch(facecolor=RECALL_COLORS[k], edgecolor="black", lw=0.5, label=k) for k in RECALL_COLORS]
+    handles.append(Line2D([], [], color="tab:red", lw=1.2, label=f"segment boundary ({segment_len} tokens)"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=9,
+              frameon=False, handlelength=1.2, columnspacing=1.0)
     return ax

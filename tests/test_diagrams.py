@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from mac_minimal import diagrams  # noqa: E402
 from mac_minimal.mac_attention import mac_mask  # noqa: E402
@@ -81,6 +82,7 @@ def test_dual_form_draws_a_causal_c_by_c_matrix():
     diagrams.dual_form, lambda: diagrams.segments_and_chunks(32, 8, 4),
     lambda: diagrams.persistent_layout(mac_mask(6, 0, 0)[:, :9], 3),
     lambda: diagrams.attention_mask(mac_mask(5, 0, 2), num_persistent=2, retrieved=5),
+    diagrams.recall_stream,
 ])
 def test_diagrams_are_readable_at_column_width(draw):
     """Smallest text >= 9 px once the book's 672 px column shows the figure (1,280 px window)."""
@@ -99,3 +101,46 @@ def test_smallest_text_px_counts_the_shrinking():
     assert width_px > 1000
     assert abs(diagrams.smallest_text_px(fig) - 18 * 100 / 72 * 672 / width_px) < 1e-6
     plt.close("all")
+
+
+@pytest.mark.parametrize("seq_len,distance,segment_len", [(64, 32, 8), (20, 8, 6), (64, 60, 8), (12, 4, 4)])
+def test_recall_stream_puts_every_token_kind_where_recall_batch_does(seq_len, distance, segment_len):
+    from mac_minimal.data import KEY, QUERY, VALUE, RecallTask, recall_batch
+
+    task = RecallTask(num_keys=8, num_values=8, num_filler=8)
+    batch = recall_batch(3, seq_len, distance, 1, torch.Generator().manual_seed(0), task)
+    stream = torch.cat((batch.inputs, batch.targets[:, -1:]), dim=1)      # (b, n + 1): inputs + answer
+    layout = diagrams.recall_layout(seq_len, distance)
+    assert len(layout) == seq_len + 1
+    fact = [t for t, (kind, _) in enumerate(layout) if kind == "fact"]
+    question = [t for t, (kind, _) in enumerate(layout) if kind in ("question", "answer")]
+    assert question[0] - fact[0] == distance and question[-1] == seq_len
+    for t, (kind, label) in enumerate(layout):
+        column = stream[:, t]
+        if kind == "filler":
+            assert bool((column >= task.filler_start).all())
+        elif label in ("KEY", "QUERY", "VALUE"):
+            assert bool((column == {"KEY": KEY, "QUERY": QUERY, "VALUE": VALUE}[label]).all())
+    assert torch.equal(stream[:, fact[1]], stream[:, question[1]])         # the question asks the fact's key
+    assert torch.equal(stream[:, fact[3]], stream[:, seq_len])             # the answer is the fact's value
+    assert bool(batch.mask[:, -1].all())                                    # the last target is the answer
+    # the picture: one box per position, gid "<kind> <position>", coloured by kind
+    ax = diagrams.recall_stream(seq_len=seq_len, distance=distance, segment_len=segment_len)
+    boxes = {p.get_gid(): p for p in ax.patches if p.get_gid()}
+    assert sorted(boxes, key=lambda g: int(g.split()[1])) == [f"{k} {t}" for t, (k, _) in enumerate(layout)]
+    for gid, box in boxes.items():
+        assert matplotlib.colors.to_hex(box.get_facecolor()) == diagrams.RECALL_COLORS[gid.split()[0]]
+    text = _texts(ax)
+    assert all(label in text for label in ("KEY", "VALUE", "QUERY", "fact", "question", "answer"))
+    assert f"distance = {distance} tokens" in text
+    numbers = [t.get_text() for t in ax.texts if t.get_text().isdigit()]
+    assert numbers[0] == "1" and len(numbers) <= -(-seq_len // segment_len)
+    assert diagrams.smallest_text_px(ax.figure) >= 9
+    plt.close("all")
+
+
+def test_recall_layout_refuses_a_distance_outside_the_stream():
+    with pytest.raises(ValueError, match="distance must lie in"):
+        diagrams.recall_layout(16, 15)
+    with pytest.raises(ValueError, match="segment_len"):
+        diagrams.recall_stream(segment_len=0)
