@@ -29,8 +29,9 @@ Each module backs one chapter of the book in ``book/``:
  8      ``runtime``              devices, DDP processes, autocast, memory
  8      ``metrics``              the run's record: JSON lines
  8      ``cli``                  flags, one-line errors, exit statuses
+ 8      ``inspect_memory``       inside a trained MAC: the memory's rates, the answer's attention
  -      ``notebook``             ``setup_notebook()``: determinism for nbval
- -      ``diagrams``             pictures of the machine, drawn from code (chapters 2, 6, 7)
+ -      ``diagrams``             pictures of the machine, drawn from code (chapters 1, 2, 4-8)
  -      ``plots``                one log-log helper for the benchmark figures (chapters 3, 4, 7)
  -      ``layers``               the feed-forward block and the one parameter count
  -      ``checks``               the shared input checks (sizes, rotary heads, token ids)
