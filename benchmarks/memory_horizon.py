@@ -183,10 +183,10 @@ def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[f
     long_len = long * cfg.seq_len
     distances = long_distances(long_len, cfg.seq_len, cfg.segment_len)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    end = next((m for m in metrics if m["event"] == "end"), {"wall_s": float("nan")})   # nan: unfinished
+    ends = [m for m in metrics if m["event"] == "end"]       # one per command (a continued run: two or more)
     result = {"variant": name, "seed": seed, "step": step, "command": " ".join(command(name, seed)),
               "evaluated_with": " ".join(["python", "benchmarks/memory_horizon.py", *sys.argv[1:]]),
-              "train_wall_s": round(end["wall_s"], 1), "train_len": cfg.seq_len, "long_len": long_len,
+              "train_wall_s": [round(e["wall_s"], 1) for e in ends], "train_len": cfg.seq_len, "long_len": long_len,
               "final_at_train_len": [m for m in metrics if m["event"] == "eval"][-1]["accuracy"],
               "environment": environment()}
 
