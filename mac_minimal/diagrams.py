@@ -114,6 +114,14 @@ def mac_block(ax: Axes | None = None) -> Axes:
     return ax
 
 
+def _cell_borders(ax: Axes, rows: int, cols: int) -> None:
+    """Thin grey lines between the cells of a (rows, cols) mask drawn with imshow."""
+    ax.set_xticks([c - 0.5 for c in range(cols + 1)], minor=True)
+    ax.set_yticks([r - 0.5 for r in range(rows + 1)], minor=True)
+    ax.grid(which="minor", color="#999999", lw=0.4)
+    ax.tick_params(which="minor", length=0)
+
+
 def attention_mask(mask: Tensor, num_persistent: int, retrieved: int, ax: Axes | None = None) -> Axes:
     """A (queries, keys) boolean mask over ``[p | h | S]`` as black (allowed) and white cells.
 
@@ -129,10 +137,7 @@ def attention_mask(mask: Tensor, num_persistent: int, retrieved: int, ax: Axes |
     ax.set_yticks(range(rows), [f"query {j}" for j in range(rows)], fontsize=8)
     for edge in (num_persistent, num_persistent + retrieved):
         ax.axvline(edge - 0.5, color="tab:red", lw=1.5)
-    ax.set_xticks([c - 0.5 for c in range(cols + 1)], minor=True)
-    ax.set_yticks([r - 0.5 for r in range(rows + 1)], minor=True)
-    ax.grid(which="minor", color="#999999", lw=0.4)
-    ax.tick_params(which="minor", length=0)
+    _cell_borders(ax, rows, cols)
     ax.set_xlabel("keys: persistent | retrieved h | segment S (black: may attend)", fontsize=8)
     return ax
 
@@ -260,10 +265,7 @@ def persistent_layout(mask: Tensor, num_persistent: int, ax: Axes | None = None)
     ax.set_xticks(range(cols), labels, fontsize=9)
     ax.set_yticks(range(rows), [f"query {i}" for i in range(rows)], fontsize=9)
     ax.axvline(num_persistent - 0.5, color="tab:red", lw=2)
-    ax.set_xticks([c - 0.5 for c in range(cols + 1)], minor=True)
-    ax.set_yticks([r - 0.5 for r in range(rows + 1)], minor=True)
-    ax.grid(which="minor", color="#999999", lw=0.4)
-    ax.tick_params(which="minor", length=0)
+    _cell_borders(ax, rows, cols)
     ax.set_xlabel("keys: slots | sequence (rotary position); black: may attend", fontsize=9)
     ax.xaxis.set_label_position("top")
     return ax
