@@ -88,3 +88,38 @@ def test_compiled_benchmark_runs_at_toy_sizes(tmp_path):
     assert row["flops"]["mac"] > row["flops"]["mac_no_memory"] > 0
     for modes in row["first_loss"].values():                       # the same weights and tokens: the same loss
         assert modes["compiled"] == pytest.approx(modes["eager"], rel=1e-5)
+
+
+def test_memory_horizon_forces_the_filler_step_and_builds_its_curricula():
+    """memory_horizon's evaluation-time intervention scales theta_t on filler tokens only (scale 1 and a
+    stream without filler change nothing; scale 0 on filler does), and undoes itself; a continued variant
+    resumes its base's command with the changed flags; the distances reach the whole stream."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import memory_horizon as horizon
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import torch
+    from mac_minimal.data import RecallTask
+    from mac_minimal.model import MACConfig, MACTransformer
+
+    task = RecallTask()
+    torch.manual_seed(0)
+    model = MACTransformer(MACConfig(vocab_size=task.vocab_size, dim=16, heads=2, segment_len=4)).eval()
+    with_filler = torch.randint(task.filler_start, task.vocab_size, (2, 12))
+    no_filler = torch.randint(3, task.filler_start, (2, 12))
+    with torch.no_grad():
+        plain = {name: model(tokens)[0] for name, tokens in (("filler", with_filler), ("none", no_filler))}
+        with horizon.filler_theta_scaled(model, task.filler_start, 1.0):
+            assert torch.equal(model(with_filler)[0], plain["filler"])
+        with horizon.filler_theta_scaled(model, task.filler_start, 0.0):
+            assert torch.equal(model(no_filler)[0], plain["none"])
+            assert not torch.allclose(model(with_filler)[0], plain["filler"])
+        assert torch.equal(model(with_filler)[0], plain["filler"])          # undone on exit
+        with horizon.shifted_alpha(model, -3.0):
+            assert model.blocks[0].attn.memory.to_rates.bias[2] == -7.0
+        assert model.blocks[0].attn.memory.to_rates.bias[2] == -4.0
+    flags = horizon.flags("alpha-10-then256")
+    assert flags.count("--resume") == 1 and flags[flags.index("--seq-len") + 1] == "256"
+    assert flags[flags.index("--memory-alpha-logit-init") + 1] == "-10"
+    assert horizon.long_distances(1024, 64, 8) == [4, 8, 16, 32, 60, 128, 256, 512, 768, 1021]
