@@ -34,6 +34,7 @@ import torch
 from common import RESULTS, environment, load_recall_run, write_json
 from mac_minimal.data import KEY, QUERY, VALUE, TOKENS_PER_FACT, RecallTask, recall_batch, recall_distance_range
 from mac_minimal.evaluation import evaluate_recall
+from mac_minimal.inspect_memory import recorded
 from mac_minimal.model import MACTransformer
 from mac_minimal.train_config import TrainConfig
 
@@ -63,23 +64,6 @@ def token_types(inputs: torch.Tensor, num_facts: int, task: RecallTask) -> list[
                 kinds.append("filler")
         names.append(kinds)
     return names
-
-
-@contextlib.contextmanager
-def recorded(model: MACTransformer):
-    """Record, per layer, every segment's input and state (MAC attention) and the memory's input y."""
-    calls = {"attn": [[] for _ in model.blocks], "y": [[] for _ in model.blocks]}
-    handles = []
-    for i, block in enumerate(model.blocks):
-        handles.append(block.attn.register_forward_pre_hook(
-            lambda _m, args, i=i: calls["attn"][i].append((args[0].detach(), args[1]))))
-        handles.append(block.attn.memory.register_forward_pre_hook(
-            lambda _m, args, i=i: calls["y"][i].append(args[0].detach())))
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mac_minimal.model import MACTransformer
 
-__all__ = ["memory_rates", "answer_attention"]
+__all__ = ["recorded", "memory_rates", "answer_attention"]
 
 
 def _check(model: MACTransformer, tokens: Tensor) -> None:
@@ -37,7 +37,7 @@ def _check(model: MACTransformer, tokens: Tensor) -> None:
 
 
 @contextlib.contextmanager
-def _recorded(model: MACTransformer) -> Iterator[dict[str, list[list]]]:
+def recorded(model: MACTransformer) -> Iterator[dict[str, list[list]]]:
     """Per layer, every call's ``(x, state)`` of MAC attention (``"attn"``) and the input ``y`` of
     its memory (``"y"``, (b, c, d) per segment); the hooks are removed on leaving."""
     calls: dict[str, list[list]] = {"attn": [[] for _ in model.blocks], "y": [[] for _ in model.blocks]}
@@ -61,7 +61,7 @@ def memory_rates(model: MACTransformer, tokens: Tensor) -> list[dict[str, Tensor
     momentum in (0, 1) and forgetting in (0, 1), from ``NeuralMemory.rates(y)`` with ``y`` (b, n, d)
     the attention outputs the layer wrote into its memory (eq. 24), segment after segment."""
     _check(model, tokens)
-    with _recorded(model) as calls:
+    with recorded(model) as calls:
         model(tokens)
     out = []
     for block, pieces in zip(model.blocks, calls["y"]):
@@ -81,7 +81,7 @@ def answer_attention(model: MACTransformer, tokens: Tensor) -> list[dict[str, fl
     The weights are :meth:`MACAttention.attention_weights` of the layer's last call (the last
     segment, (b, H, c, P + [f + c] + f + c), columns ``[P | h | S]``), at its last query."""
     _check(model, tokens)
-    with _recorded(model) as calls:
+    with recorded(model) as calls:
         model(tokens)
     P = model.config.num_persistent
     out = []
