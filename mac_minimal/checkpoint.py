@@ -91,6 +91,22 @@ def _foreign(payload: object) -> list[str]:
             for key, kind in sorted(CHECKPOINT_TYPES.items()) if not isinstance(payload.get(key), kind)]
 
 
+def _read(path: Path, missing: str, after: str) -> dict[str, Any]:
+    """The payload of the checkpoint at ``path`` (``weights_only``), or :class:`CheckpointError`:
+    ``"<missing> <path>"`` for no file, else a message naming why it is not one of this trainer's,
+    followed by ``after``."""
+    if not path.is_file():
+        raise CheckpointError(f"{missing} {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # truncated file, not a torch file, or one with objects we will not unpickle
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}){after}") from None
+    foreign = _foreign(payload)
+    if foreign:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer ({'; '.join(foreign)}){after}")
+    return payload
+
+
 def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` and check it is one of this trainer's (the keys and
     value types of :data:`CHECKPOINT_TYPES`) holding ``model_name`` with ``config``.
@@ -98,17 +114,7 @@ def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     Raises :class:`CheckpointError` naming every config field that differs (nested ones dotted,
     ``memory.chunk_size``).
     """
-    if not path.is_file():
-        raise CheckpointError(f"--resume: no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:   # truncated file, not a torch file, or one with objects we will not unpickle
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
-                              "nothing was overwritten") from None
-    foreign = _foreign(payload)
-    if foreign:
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer ({'; '.join(foreign)}); "
-                              "nothing was overwritten")
+    payload = _read(path, missing="--resume: no checkpoint at", after="; nothing was overwritten")
     if payload["model_name"] != model_name:
         raise CheckpointError(f"checkpoint {path} holds model {payload['model_name']!r}, "
                               f"requested {model_name!r}")
@@ -153,16 +159,7 @@ def load_trained_model(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig,
 
     Raises :class:`CheckpointError` if ``path`` is not a readable checkpoint of this trainer.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
-    foreign = _foreign(payload)
-    if foreign:
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer ({'; '.join(foreign)})")
+    payload = _read(Path(path), missing="no checkpoint at", after="")
     cfg = TrainConfig(**payload["train_config"])
     model, _ = build_model(cfg, payload["model_config"]["vocab_size"])
     model.load_state_dict(payload["model"])
