@@ -18,7 +18,10 @@ curriculum. Two steps, on one CPU thread per process:
     16x the training length: what a long history does to the recall of a recent fact;
   - with ``--alpha-shifts`` and ``--filler-theta``, the same accuracy with the rates forced at
     evaluation only: the forgetting logit shifted (the horizon against alpha), the step size on
-    filler tokens scaled (0: the filler is not written; how much its writes interfere), and both.
+    filler tokens scaled (0: the filler is not written; how much its writes interfere), and both;
+  - with ``--eta-caps``, the same with the momentum ``eta_t`` clipped at each cap at evaluation
+    only, in every layer and in the last layer alone (how much of the read comes from a write that
+    momentum keeps pushing long after the fact).
 
 Writes ``book/results/horizon/NAME-sSEED.json`` (the command, its wall time, the training-length
 evaluation, the long-stream one) and a copy of the run's ``metrics.jsonl``.
@@ -62,6 +65,8 @@ VARIANTS = {
     # sparse writes: every step starts near 0 (theta ~ 0.0007), a learned one may reach a larger cap
     "alpha-10-theta-5-lr0.1": set_flags(MAC, memory_max_lr=0.1) + ["--memory-alpha-logit-init", "-10",
                                                                   "--memory-theta-logit-init", "-5"],
+    # the momentum capped at 0.9: a write moves the weights for ~10 tokens, not for as long as eta ~ 1 lets it
+    "alpha-10-eta0.9": MAC + ["--memory-alpha-logit-init", "-10", "--memory-max-momentum", "0.9", "--compile"],
     "mac_no_memory": BASE + ["--model", "mac_no_memory"],
     "full_attention": BASE + ["--model", "full_attention"],
 }
@@ -174,9 +179,28 @@ def filler_theta_scaled(model: torch.nn.Module, filler_start: int, scale: float)
             del block.attn.memory.rates
 
 
+@contextlib.contextmanager
+def capped_momentum(model: torch.nn.Module, cap: float, layers: list[int]):
+    """Clip ``eta_t`` at ``cap`` in the memories of ``layers`` (indices into ``model.blocks``)."""
+    def capped_rates(memory):
+        def rates(y):
+            theta, eta, alpha = type(memory).rates(memory, y)
+            return theta, eta.clamp(max=cap), alpha
+        return rates
+
+    memories = [model.blocks[layer].attn.memory for layer in layers]
+    for memory in memories:
+        memory.rates = capped_rates(memory)
+    try:
+        yield
+    finally:
+        for memory in memories:
+            del memory.rates
+
+
 @torch.no_grad()
 def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[float],
-             filler_theta: list[float], by_length: bool) -> dict:
+             filler_theta: list[float], eta_caps: list[float], by_length: bool) -> dict:
     run = run_dir(name, seed)
     model, cfg, step = load_recall_run(run)
     torch.set_num_threads(1)
@@ -218,6 +242,12 @@ def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[f
                 with shifted_alpha(model, shift), filler_theta_scaled(model, cfg.recall_task.filler_start, scale):
                     result["forced"].append({"alpha_logit_shift": shift, "filler_theta_scale": scale,
                                              "accuracy": accuracy(f" alpha {shift:+g}, filler theta x{scale:g}")})
+        last = len(model.blocks) - 1
+        for cap in eta_caps:
+            for layers in (list(range(len(model.blocks))), [last]):
+                with capped_momentum(model, cap, layers):
+                    result["forced"].append({"eta_cap": cap, "eta_cap_layers": layers,
+                                             "accuracy": accuracy(f" eta <= {cap:g} in layers {layers}")})
     write_json(OUT / f"{name}-s{seed}.json", result)
     shutil.copy(run / "metrics.jsonl", OUT / f"{name}-s{seed}.jsonl")
     return result
@@ -234,6 +264,8 @@ def main() -> None:
                         help="also evaluate with the forgetting logit shifted by these")
     parser.add_argument("--filler-theta", nargs="*", type=float, default=[],
                         help="also evaluate with theta_t on filler tokens multiplied by these (0: filler not written)")
+    parser.add_argument("--eta-caps", nargs="*", type=float, default=[],
+                        help="also evaluate with the momentum eta_t clipped at these, in all layers and in the last")
     parser.add_argument("--by-length", action="store_true",
                         help="also: near distances (8 .. 40) on streams 1, 2, 4, 8, 16x the training length")
     parser.add_argument("--jobs", type=int, default=2)
@@ -248,7 +280,7 @@ def main() -> None:
         if args.train:
             list(pool.map(lambda job: train(*job), jobs))
         list(pool.map(lambda job: evaluate(*job, args.long, args.eval_batches, args.alpha_shifts, args.filler_theta,
-                                       args.by_length), jobs))
+                                       args.eta_caps, args.by_length), jobs))
 
 
 if __name__ == "__main__":

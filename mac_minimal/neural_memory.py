@@ -61,6 +61,11 @@ class NeuralMemoryConfig:
     max_lr: the step size ``theta_t`` lies in (0, max_lr). Default 0.03, what MAC needs to train
         (chapter 8: a smaller step keeps the gradient through the chain of writes tame,
         ``benchmarks/mac_trainability.py``); chapter 4 works with 0.1.
+    max_momentum: the momentum ``eta_t`` lies in (0, max_momentum). Default 1 (the paper's
+        sigmoid). A write keeps moving the weights for about ``1 / (1 - eta)`` tokens, so a momentum
+        learned near 1 makes what a fact left in the memory grow with the time since it was written;
+        0.9 caps that at about 10 tokens, and the read is then the same at distance 100 as at 1,000
+        (chapter 8, 'The memory's horizon').
     grad_bound: bound on the norm of each token's gradient (all fast weights together).
     ln_eps: epsilon of the layer norm inside the MLP.
     theta_logit_init: initial bias of the step size's logit, ``theta = max_lr * sigmoid(logit)``;
@@ -74,6 +79,7 @@ class NeuralMemoryConfig:
     chunk_size: int = 8
     expansion: int = 4
     max_lr: float = 0.03
+    max_momentum: float = 1.0
     grad_bound: float = 1.0
     ln_eps: float = 1e-5
     theta_logit_init: float = 0.0
@@ -86,6 +92,7 @@ class NeuralMemoryConfig:
             require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
         for name in ("max_lr", "grad_bound", "ln_eps"):
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name), low=0.0)
+        require_number("NeuralMemoryConfig.max_momentum", self.max_momentum, low=0.0, high=1.0)
         for name in ("theta_logit_init", "alpha_logit_init"):
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name))
 
@@ -228,9 +235,10 @@ class NeuralMemory(nn.Module):
 
     def rates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Data-dependent rates, each (b, n): step ``theta_t`` in (0, max_lr), momentum
-        ``eta_t`` in (0, 1), forgetting ``alpha_t`` in (0, 1) -- sigmoids of one linear map."""
+        ``eta_t`` in (0, max_momentum), forgetting ``alpha_t`` in (0, 1) -- sigmoids of one linear map."""
         logits = torch.sigmoid(self.to_rates(x))  # (b, n, 3)
-        return self.config.max_lr * logits[..., 0], logits[..., 1], logits[..., 2]
+        return (self.config.max_lr * logits[..., 0], self.config.max_momentum * logits[..., 1],
+                logits[..., 2])
 
     # ---------------------------------------------------------------- write
     @full_precision

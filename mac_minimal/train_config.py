@@ -39,8 +39,9 @@ class TrainConfig:
 
     Flat on purpose: one flag, one field, and a recorded run's config is a flat JSON object. The
     model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``,
-    ``memory_max_lr``, ``memory_theta_logit_init`` and ``memory_alpha_logit_init`` are its
-    ``memory.chunk_size``, ``memory.max_lr``, ``memory.theta_logit_init`` and ``memory.alpha_logit_init``.
+    ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init`` and ``memory_alpha_logit_init``
+    are its ``memory.chunk_size``, ``memory.max_lr``, ``memory.max_momentum``, ``memory.theta_logit_init``
+    and ``memory.alpha_logit_init``.
     """
 
     model: str = "mac"
@@ -58,6 +59,7 @@ class TrainConfig:
     num_persistent: int = _MAC.num_persistent
     chunk_size: int = _MAC.memory.chunk_size        # the memory's chunk (eq. 16)
     memory_max_lr: float = _MAC.memory.max_lr
+    memory_max_momentum: float = _MAC.memory.max_momentum
     memory_theta_logit_init: float = _MAC.memory.theta_logit_init
     memory_alpha_logit_init: float = _MAC.memory.alpha_logit_init
     memory_scale_init: float | None = _MAC.memory_scale_init
@@ -97,6 +99,7 @@ class TrainConfig:
             require_positive_int(name, getattr(self, name))
         require_number("lr", self.lr, low=0.0)
         require_number("memory_max_lr", self.memory_max_lr, low=0.0)   # NeuralMemoryConfig.max_lr, by its flag's name
+        require_number("memory_max_momentum", self.memory_max_momentum, low=0.0, high=1.0)
         for name in ("memory_theta_logit_init", "memory_alpha_logit_init"):
             require_number(name, getattr(self, name))
         require_number("grad_clip", self.grad_clip, low=0.0)
@@ -141,6 +144,7 @@ def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACCo
                      segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
                      use_memory=use_memory, memory_scale_init=cfg.memory_scale_init,
                      memory=NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr,
+                                               max_momentum=cfg.memory_max_momentum,
                                                theta_logit_init=cfg.memory_theta_logit_init,
                                                alpha_logit_init=cfg.memory_alpha_logit_init))
 

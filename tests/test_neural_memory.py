@@ -327,6 +327,9 @@ def test_config_errors():
     for bad in (float("inf"), float("nan"), -0.1):
         with pytest.raises(ValueError, match=r"max_lr.*> 0.*" + repr(bad).replace(".", r"\.")):
             NeuralMemoryConfig(max_lr=bad)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"NeuralMemoryConfig\.max_momentum must be > 0 and <= 1"):
+            NeuralMemoryConfig(max_momentum=bad)
     for name in ("theta_logit_init", "alpha_logit_init"):
         with pytest.raises(ValueError, match=rf"NeuralMemoryConfig\.{name} must be any finite number, got nan"):
             NeuralMemoryConfig(**{name: float("nan")})
@@ -340,6 +343,18 @@ def test_rates_start_at_their_initial_logits():
     theta, eta, alpha = memory.rates(torch.zeros(1, 2, DIM))
     assert_close(theta, torch.full((1, 2), 0.03 * torch.sigmoid(torch.tensor(-3.0)).item()))
     assert_close(alpha, torch.full((1, 2), torch.sigmoid(torch.tensor(-7.0)).item()))
+
+
+def test_max_momentum_caps_eta_and_only_eta():
+    """eta_t = max_momentum * sigmoid(logit): the same linear map, the momentum scaled, the others untouched."""
+    torch.manual_seed(0)
+    free = NeuralMemory(NeuralMemoryConfig(dim=DIM))
+    capped = NeuralMemory(NeuralMemoryConfig(dim=DIM, max_momentum=0.9))
+    capped.load_state_dict(free.state_dict())
+    x = torch.randn(2, 5, DIM)
+    (theta, eta, alpha), (theta_c, eta_c, alpha_c) = free.rates(x), capped.rates(x)
+    assert_close(eta_c, 0.9 * eta)
+    assert bool((eta_c < 0.9).all()) and torch.equal(theta_c, theta) and torch.equal(alpha_c, alpha)
 
 
 def test_memory_of_its_own_needs_a_dim():

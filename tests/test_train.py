@@ -126,7 +126,7 @@ def test_recall_keys_option_sets_the_vocabulary(tmp_path):
     assert all(part in str(info.value) for part in ("--num-facts", "--num-keys=2", "got 3"))
 
 
-def test_memory_flags_reach_the_mac_config():
+def test_memory_flags_reach_the_mac_config(capsys):
     assert parse_args(TINY).memory_scale_init == 0.0 and parse_args(TINY).memory_max_lr == 0.03
     cfg = parse_args(TINY + ["--memory-scale-init", "none", "--memory-max-lr", "0.1"])
     assert cfg.memory_scale_init is None and cfg.memory_max_lr == 0.1
@@ -135,6 +135,10 @@ def test_memory_flags_reach_the_mac_config():
     memory = model_config(parse_args(TINY + ["--memory-alpha-logit-init", "-7", "--memory-theta-logit-init", "-3"]),
                           64).memory
     assert (memory.alpha_logit_init, memory.theta_logit_init) == (-7.0, -3.0)
+    assert model_config(parse_args(TINY + ["--memory-max-momentum", "0.9"]), 64).memory.max_momentum == 0.9
+    with pytest.raises(SystemExit):
+        parse_args(TINY + ["--memory-max-momentum", "1.5"])
+    assert "--memory-max-momentum must be > 0 and <= 1, got 1.5" in capsys.readouterr().err
 
 
 def test_peak_memory_is_reported_in_bytes_on_the_cpu():
