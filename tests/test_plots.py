@@ -34,3 +34,33 @@ def test_legend_below_names_the_series_once_under_the_panels():
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
     plt.close("all")
+
+
+def test_ratio_bars_draws_each_group_with_its_floor():
+    from mac_minimal.plots import ratio_bars
+
+    _, ax = plt.subplots()
+    groups = {"A": {"eager": 11.0, "compiled": 5.0}, "B": {"eager": 15.0, "compiled": 6.0}}
+    ratio_bars(ax, groups, {"A": 5.5, "B": 5.6}, "ratio", "title", floor_label="flops")
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == [11.0, 5.0, 15.0, 6.0]
+    floors = [segments[0][0][1] for segments in
+              (c.get_segments() for c in ax.collections)]
+    assert floors == [5.5, 5.6]
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["flops", "eager", "compiled"]  # the floor first
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B"]
+    assert {"11.0x", "5.0x", "5.5x", "5.6x"} <= {t.get_text() for t in ax.texts}
+    assert ax.get_ylabel() == "ratio" and ax.get_title() == "title"
+    plt.close("all")
+
+
+def test_ratio_bars_refuses_groups_with_different_bars():
+    import pytest
+
+    from mac_minimal.plots import ratio_bars
+
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="expected"):
+        ratio_bars(ax, {"A": {"x": 1.0}, "B": {"y": 1.0}}, {"A": 1.0, "B": 1.0}, "r")
+    plt.close("all")
