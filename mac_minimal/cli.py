@@ -81,8 +81,8 @@ MODEL_FLAGS = {
     "dim": (int, "model width of mac"),
     "depth": (int, "number of blocks"),
     "heads": (int, "attention heads"),
-    "segment_len": (int, "MAC attention segment"),
-    "num_persistent": (int, "MAC persistent slots"),
+    "segment_len": (int, "MAC attention segment; mag, mal, swa: the attention window"),
+    "num_persistent": (int, "persistent slots (MAC) or tokens (mag, mal, swa)"),
     "chunk_size": (int, "MAC memory chunk"),
     "memory_max_lr": (float, "MAC memory: cap of the step size theta_t"),
     "memory_max_momentum": (float, "MAC memory: cap of the momentum eta_t (1: the paper's; 0.9 keeps "
@@ -128,8 +128,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     d = TrainConfig()
     p = _Parser(
         prog="python -m mac_minimal",
-        description="Train MAC, MAC without memory, or a full-attention transformer on long-range "
-                    "recall or byte-level language modelling. CPU or GPU; under torchrun, multi-GPU (DDP).",
+        description="Train MAC, MAC without memory, MAG, MAL, sliding-window attention or a full-attention "
+                    "transformer on long-range recall or byte-level language modelling. CPU or GPU; under "
+                    "torchrun, multi-GPU (DDP).",
         epilog=EXAMPLES, formatter_class=_HelpFormatter)
     g = p.add_argument_group("model (the non-mac models get the width that matches mac's parameter count)")
     g.add_argument("--model", choices=list(MODELS), default=d.model)
@@ -154,8 +155,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     _add_flags(g, RUN_FLAGS, d)
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile each attention layer (mac_minimal.compiled.compile_regions): "
-                        "faster steps after a first step that compiles; the same checkpoints")
+                   help="torch.compile each attention layer (mac_minimal.compiled.compile_regions; mac, "
+                        "mac_no_memory, full_attention): faster steps after a first step that compiles; "
+                        "the same checkpoints")
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
     except ValueError as error:

@@ -15,7 +15,8 @@ Titans eq. (19) prepends ``N_p`` learned vectors to the sequence, ``x_new = [p_1
 :class:`PersistentAttention` is a small causal self-attention layer that uses either one, with
 :func:`mac_minimal.attention.masked_attention` (one SDPA call) and the boolean mask of
 :func:`causal_mask_with_prefix`: every query sees all persistent slots plus the keys at or
-before its own position.
+before its own position. :func:`sliding_window_mask_with_prefix` is the same mask cut to the
+last ``window`` keys (the sliding-window attention of Titans' MAG and MAL, sections 4.2-4.3).
 """
 
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "PrependedPersistentTokens",
     "PersistentAttention",
     "causal_mask_with_prefix",
+    "sliding_window_mask_with_prefix",
 ]
 
 MODES = ("kv", "tokens")
@@ -100,6 +102,23 @@ def causal_mask_with_prefix(n_queries: int, n_prefix: int, n_keys: int | None = 
     sequence = key_index[None, :] <= query_index[:, None]                         # (n_queries, n_keys)
     prefix = torch.ones(n_queries, n_prefix, dtype=torch.bool, device=device)
     return torch.cat((prefix, sequence), dim=1)
+
+
+def sliding_window_mask_with_prefix(n_queries: int, n_prefix: int, window: int, n_keys: int | None = None,
+                                    device: torch.device | str | None = None) -> Tensor:
+    """:func:`causal_mask_with_prefix` cut to a sliding window: (n_queries, n_prefix + n_keys), True = may attend.
+
+    Query ``i`` (sequence index ``s = n_keys - n_queries + i``) sees the whole prefix and the
+    ``window`` sequence keys ``s - window + 1 .. s``: itself and the ``window - 1`` before it.
+    A ``window`` of at least ``n_keys`` gives :func:`causal_mask_with_prefix`.
+    """
+    require_positive_int("window", window)
+    mask = causal_mask_with_prefix(n_queries, n_prefix, n_keys, device=device)
+    n_keys = mask.shape[1] - n_prefix
+    query_index = torch.arange(n_queries, device=device) + (n_keys - n_queries)   # (n_queries,)
+    key_index = torch.arange(n_keys, device=device)                               # (n_keys,)
+    mask[:, n_prefix:] &= key_index[None, :] > query_index[:, None] - window
+    return mask
 
 
 class PersistentKV(nn.Module):

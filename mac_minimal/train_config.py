@@ -1,12 +1,15 @@
-"""What a training run is: :class:`TrainConfig`, and the three models it can train at one budget.
+"""What a training run is: :class:`TrainConfig`, and the models it can train at one budget.
 
 ==================  =============================================================
 ``mac``             :class:`~mac_minimal.model.MACTransformer`, neural memory on
 ``mac_no_memory``   the same model with ``use_memory=False`` (segment attention only)
 ``full_attention``  :class:`~mac_minimal.baseline.FullAttentionTransformer`, O(n^2)
+``mag``             :class:`~mac_minimal.mag.MAGTransformer`, memory as a gate (Titans 4.2)
+``mal``             :class:`~mac_minimal.mal.MALTransformer`, memory as a layer (Titans 4.3)
+``swa``             MAG with ``use_memory=False``: sliding-window attention, persistent prefix
 ==================  =============================================================
 
-``mac`` is built at ``--dim``; the other two at the width whose parameter count is closest to
+``mac`` is built at ``--dim``; the others at the width whose parameter count is closest to
 ``mac``'s (:func:`model_config`), so a comparison between them is at an equal budget. Every
 command-line flag of :mod:`mac_minimal.cli` is one field of :class:`TrainConfig`.
 """
@@ -24,6 +27,8 @@ from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
 from mac_minimal.checks import require_int, require_number, require_positive_int
 from mac_minimal.data import RecallTask, recall_distance_range
 from mac_minimal.layers import num_parameters
+from mac_minimal.mag import MAGConfig, MAGTransformer
+from mac_minimal.mal import MALConfig, MALTransformer
 from mac_minimal.model import MACConfig, MACTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig
 
@@ -41,7 +46,9 @@ class TrainConfig:
     model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``,
     ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init`` and ``memory_alpha_logit_init``
     are its ``memory.chunk_size``, ``memory.max_lr``, ``memory.max_momentum``, ``memory.theta_logit_init``
-    and ``memory.alpha_logit_init``.
+    and ``memory.alpha_logit_init``. For ``mag``, ``mal`` and ``swa``, ``segment_len`` is the sliding
+    window (each token attends to itself and the ``segment_len - 1`` before it, as many recent tokens
+    as MAC's segment holds), the memory fields are theirs, and ``memory_scale_init`` is unused.
     """
 
     model: str = "mac"
@@ -84,6 +91,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.compile and self.model not in COMPILED_MODELS:
+            raise ValueError(f"--compile compiles the regions of {', '.join(COMPILED_MODELS)} "
+                             f"(mac_minimal.compiled.REGIONS); --model {self.model} runs eagerly, without --compile")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.data is not None and self.task != "lm":
@@ -139,14 +149,27 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------
 # Models: a name -> (config builder, class) registry, sizes matched to the MAC model's.
 
+def _memory(cfg: TrainConfig) -> NeuralMemoryConfig:
+    """The memory of every model that has one: ``--chunk-size`` and the ``--memory-*`` flags."""
+    return NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr,
+                              max_momentum=cfg.memory_max_momentum, theta_logit_init=cfg.memory_theta_logit_init,
+                              alpha_logit_init=cfg.memory_alpha_logit_init)
+
+
 def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:
     return MACConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads,
                      segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
-                     use_memory=use_memory, memory_scale_init=cfg.memory_scale_init,
-                     memory=NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr,
-                                               max_momentum=cfg.memory_max_momentum,
-                                               theta_logit_init=cfg.memory_theta_logit_init,
-                                               alpha_logit_init=cfg.memory_alpha_logit_init))
+                     use_memory=use_memory, memory_scale_init=cfg.memory_scale_init, memory=_memory(cfg))
+
+
+def _mag(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MAGConfig:
+    return MAGConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads, window=cfg.segment_len,
+                     num_persistent=cfg.num_persistent, use_memory=use_memory, memory=_memory(cfg))
+
+
+def _mal(cfg: TrainConfig, vocab_size: int, dim: int) -> MALConfig:
+    return MALConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads, window=cfg.segment_len,
+                     num_persistent=cfg.num_persistent, memory=_memory(cfg))
 
 
 def _full_attention(cfg: TrainConfig, vocab_size: int, dim: int) -> FullAttentionConfig:
@@ -157,8 +180,12 @@ MODELS: dict[str, tuple[Callable[[TrainConfig, int, int], Any], type[nn.Module]]
     "mac": (partial(_mac, use_memory=True), MACTransformer),
     "mac_no_memory": (partial(_mac, use_memory=False), MACTransformer),
     "full_attention": (_full_attention, FullAttentionTransformer),
+    "mag": (partial(_mag, use_memory=True), MAGTransformer),
+    "mal": (_mal, MALTransformer),
+    "swa": (partial(_mag, use_memory=False), MAGTransformer),
 }
 REFERENCE_MODEL = "mac"
+COMPILED_MODELS = ("mac", "mac_no_memory", "full_attention")   # the models with a region of compiled.REGIONS
 
 
 def count_parameters(name: str, cfg: TrainConfig, vocab_size: int, dim: int) -> int:

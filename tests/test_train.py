@@ -16,6 +16,8 @@ from mac_minimal.checkpoint import CHECKPOINT_KEYS, CheckpointError, save_checkp
 from mac_minimal.cli import main, parse_args
 from mac_minimal.data import KEY, QUERY, VALUE, RecallTask, lm_eval_batches, read_corpus, recall_batch
 from mac_minimal.evaluation import compute_loss, evaluate_lm, evaluate_recall
+from mac_minimal.mag import MAGTransformer
+from mac_minimal.mal import MALTransformer
 from mac_minimal.metrics import read_metrics
 from mac_minimal.runtime import autocast, peak_memory_bytes, setup_runtime
 from mac_minimal.task_data import make_batch, prepare_data
@@ -155,7 +157,7 @@ def test_peak_memory_is_reported_in_bytes_on_the_cpu():
 def test_models_have_the_same_parameter_budget_within_ten_percent(dim, depth, vocab_size):
     cfg = TrainConfig(dim=dim, depth=depth)
     reference = count_parameters("mac", cfg, vocab_size, dim)
-    for name in ("mac_no_memory", "full_attention"):
+    for name in ("mac_no_memory", "full_attention", "mag", "mal", "swa"):
         matched = model_config(replace(cfg, model=name), vocab_size)
         count = count_parameters(name, cfg, vocab_size, matched.dim)
         assert abs(count / reference - 1) <= 0.10, (name, matched.dim, count, reference)
@@ -173,7 +175,7 @@ def test_autocast_is_off_on_the_cpu():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["mac", "mac_no_memory", "full_attention"])
+@pytest.mark.parametrize("name", ["mac", "mac_no_memory", "full_attention", "mag", "mal", "swa"])
 def test_models_run_forward_and_backward_under_bf16_autocast(name, tmp_path):
     """The CUDA path autocasts to bf16; CPU autocast exercises the same dtype handling."""
     cfg = tiny(tmp_path, model=name)
@@ -336,7 +338,7 @@ def test_bad_arguments_are_rejected(capsys):
     (["--num-facts", "100"], "--num-facts", "<= --num-keys=32"), (["--num-facts", "0"], "--num-facts", ">= 1"),
     (["--seq-len", "1"], "--seq-len", ">= 31"),
     (["--dim", "36"], "--dim", "even"), (["--dim", "30"], "--dim", "even"), (["--heads", "3"], "--heads", "even"),
-    (["--steps", "0"], "--steps", ">= 1")])
+    (["--steps", "0"], "--steps", ">= 1"), (["--compile", "--model", "mag"], "--model mag", "without --compile")])
 def test_every_bad_argument_gets_one_line_and_status_2(capsys, args, flag, expected):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(args)
@@ -449,3 +451,19 @@ def test_a_trained_model_loads_from_its_checkpoint_with_its_config(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt is not a readable checkpoint"):
         load_trained_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("name, cls", [("mag", MAGTransformer), ("mal", MALTransformer), ("swa", MAGTransformer)])
+def test_titans_variants_train_and_load_from_their_checkpoints(tmp_path, name, cls):
+    """MAG, MAL and sliding-window attention through the trainer: the window is --segment-len, the memory
+    flags reach the memory, and load_trained_model gives back the trained weights."""
+    cfg = tiny(tmp_path, model=name, steps=2, eval_every=2, chunk_size=2, memory_max_lr=0.05)
+    config = model_config(cfg, RecallTask().vocab_size)
+    assert config.window == 8 and (config.memory.chunk_size, config.memory.max_lr) == (2, 0.05)
+    assert getattr(config, "use_memory", True) == (name != "swa")         # MAL has no use_memory: it is its memory
+    result = train(cfg)
+    assert set(result["eval"]["accuracy"]) == {8, 20}
+    model, loaded_cfg, step = load_trained_model(cfg.checkpoint_path)
+    saved = torch.load(cfg.checkpoint_path, weights_only=True)["model"]
+    assert isinstance(model, cls) and step == 2 and loaded_cfg == cfg and not model.training
+    assert all(torch.equal(saved[key], tensor) for key, tensor in model.state_dict().items())
