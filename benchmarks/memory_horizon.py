@@ -67,6 +67,8 @@ VARIANTS = {
                                                                   "--memory-theta-logit-init", "-5"],
     # the momentum capped at 0.9: a write moves the weights for ~10 tokens, not for as long as eta ~ 1 lets it
     "alpha-10-eta0.9": MAC + ["--memory-alpha-logit-init", "-10", "--memory-max-momentum", "0.9", "--compile"],
+    # alpha-10 with 3,000 steps (seeds 1 and 2 had not learned in 2,000), compiled
+    "alpha-10-3000": set_flags(MAC, steps=3000) + ["--memory-alpha-logit-init", "-10", "--compile"],
     "mac_no_memory": BASE + ["--model", "mac_no_memory"],
     "full_attention": BASE + ["--model", "full_attention"],
 }
@@ -76,6 +78,8 @@ CONTINUED = {
                                           eval_distances="4,8,16,32,60,124")),
     "alpha-10-then256": ("alpha-10-then128", dict(seq_len=256, steps=2500, eval_every=100,
                                                   eval_distances="4,8,16,32,60,124,252")),
+    "alpha-10-3000-then128": ("alpha-10-3000", dict(seq_len=128, steps=3500, eval_every=100,
+                                                    eval_distances="4,8,16,32,60,124")),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }
