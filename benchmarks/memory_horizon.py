@@ -69,6 +69,10 @@ VARIANTS = {
     "alpha-10-eta0.9": MAC + ["--memory-alpha-logit-init", "-10", "--memory-max-momentum", "0.9", "--compile"],
     # alpha-10 with 3,000 steps (seeds 1 and 2 had not learned in 2,000), compiled
     "alpha-10-3000": set_flags(MAC, steps=3000) + ["--memory-alpha-logit-init", "-10", "--compile"],
+    # chapter 9: the paper's other two variants with alpha-10's memory, and their window alone
+    "mag": BASE + ["--model", "mag", "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10"],
+    "mal": BASE + ["--model", "mal", "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10"],
+    "swa": BASE + ["--model", "swa"],
     "mac_no_memory": BASE + ["--model", "mac_no_memory"],
     "full_attention": BASE + ["--model", "full_attention"],
 }
