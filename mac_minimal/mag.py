@@ -91,8 +91,7 @@ def read_before_write(memory: NeuralMemory, x: Tensor, state: NeuralMemoryState
     first = memory.read(x[:, :1], state)                                       # (b, 1, d)
     q = memory.queries(x)
     shifted = torch.cat((q[:, 1:], q[:, -1:]), dim=1)                          # q_{t+1}, the last repeated
-    # the memory's own chunked write-and-read (NeuralMemory.forward's), given the shifted queries
-    state, y = memory._write_chunks(*memory.keys_values(x), *memory.rates(x), state, q=shifted)
+    y, state = memory.write_and_read(x, shifted, state)
     return torch.cat((first, y[:, :-1]), dim=1), state
 
 

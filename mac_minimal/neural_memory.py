@@ -378,8 +378,18 @@ class NeuralMemory(nn.Module):
 
         x: (b, n, d) -> y: (b, n, d), and the state after the last token.
         """
+        return self.write_and_read(x, self.queries(x), state)
+
+    @full_precision
+    def write_and_read(self, x: Tensor, queries: Tensor, state: NeuralMemoryState | None = None
+                       ) -> tuple[Tensor, NeuralMemoryState]:
+        """Write x and read ``y_t = M_t(queries_t)`` with the per-token weights of the chunked write.
+
+        x, queries: (b, n, d) -> y: (b, n, d), and the state after the last token. ``forward`` reads
+        with each token's own query; MAG and MAL (chapter 9) with the next token's.
+        """
         state = self._prepare(x, state)
-        state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=self.queries(x))
+        state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=queries)
         return y, state
 
     @full_precision
