@@ -35,10 +35,9 @@ import tempfile
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from common import (RESULTS, environment, mac_config, median_seconds, next_token_loss,
-                    save_results, step_memory_bytes, training_step)
+import common
+from common import RESULTS, environment, mac_config, median_seconds, save_results, step_memory_bytes, training_step
 from bench_training_step import KINDS, SETTINGS
 from mac_minimal.compiled import compile_regions
 from mac_minimal.model import MACTransformer
@@ -69,13 +68,11 @@ def build_step(config: dict, seq_len: int, batch: int, compiled: bool, backend: 
 
 def step_flops(config: dict, seq_len: int, batch: int) -> int:
     """Floating-point operations of one forward + backward (eager; compiling does not change the
-    arithmetic), as ``FlopCounterMode`` counts them."""
+    arithmetic), as ``FlopCounterMode`` counts them (:func:`common.step_flops`)."""
     torch.manual_seed(0)
     model = MACTransformer(mac_config(**config))
     tokens = torch.randint(0, config["vocab_size"], (batch, seq_len + 1))
-    with FlopCounterMode(display=False) as counter:
-        next_token_loss(model, tokens).backward()
-    return counter.get_total_flops()
+    return common.step_flops(model, tokens)
 
 
 def measure_setting(setting: dict, repeats: int, memory: bool, backend: str) -> dict:

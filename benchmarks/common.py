@@ -10,7 +10,7 @@
   held before the call (weights, optimizer state, the interpreter) does not count; activations
   kept for backward, gradients and temporaries do.
 * :func:`training_step` builds one training step: forward, next-token cross-entropy, backward,
-  AdamW step, ``zero_grad``.
+  AdamW step, ``zero_grad``; :func:`step_flops` counts the flops of its forward and backward.
 * :func:`write_json` and :func:`environment`: results with the torch version and the machine;
   :func:`save_results` writes a timing script's result (nothing for ``--smoke``), and
   :func:`parse_benchmark_args` parses the flags those scripts share.
@@ -40,6 +40,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from mac_minimal.checkpoint import load_trained_model
 from mac_minimal.model import MACConfig
@@ -113,6 +114,16 @@ def training_step(model: torch.nn.Module, tokens: torch.Tensor,
         return loss.item()
 
     return step
+
+
+def step_flops(model: torch.nn.Module, tokens: torch.Tensor,
+               loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = next_token_loss) -> int:
+    """Floating-point operations of one forward + backward of ``loss_fn(model, tokens)`` as
+    ``torch.utils.flop_counter.FlopCounterMode`` counts them (matrix products and attention; the
+    optimizer step is not counted). Leaves gradients in ``model``."""
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(model, tokens).backward()
+    return counter.get_total_flops()
 
 
 # ---------------------------------------------------------------- step memory

@@ -19,10 +19,15 @@ Each function draws on a matplotlib ``Axes`` and returns it; the chapters call t
   positions (position 0 in mode "kv").
 * :func:`recall_stream` (chapter 8): one stream of the recall task, filler, the fact, the question
   and its answer, with the segments and the distance (the layout: :func:`recall_layout`).
+* :func:`titans_layer` (chapter 9): one layer of MAC, MAG or MAL (or of its memory-free form) as
+  a data flow, read from the layer module itself: which parts it has, how they are wired, its
+  window, segment, chunk and persistent tokens (the wiring: :func:`titans_layer_edges`).
 
 Every diagram is sized so that its smallest text stays at least 9 px when the book's column
 (:data:`COLUMN_PX`) shows it (:func:`smallest_text_px`).
 """
+
+from torch import nn
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
@@ -386,4 +391,120 @@ def recall_stream(ax: Axes | None = None, seq_len: int = 64, distance: int = 32,
     handles.append(Line2D([], [], color="tab:red", lw=1.2, label=f"segment boundary ({segment_len} tokens)"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=5, fontsize=9,
               frameon=False, handlelength=1.2, columnspacing=1.0)
+    return ax
+
+
+def titans_layer_edges(layer: nn.Module) -> list[tuple[str, str, str]]:
+    """The data flow of one Titans layer as ``(source, target, label)`` edges between the parts
+    ``input``, ``memory``, ``attention``, ``combine`` and ``output``, read from the module:
+
+    * :class:`~mac_minimal.mac_attention.MACAttention` (eqs. 21-25): the memory feeds the attention
+      (``h``), the attention's output is written into the memory and combined with its read;
+    * :class:`~mac_minimal.mag.MAGLayer` (eqs. 26-28): attention and memory read the same input side
+      by side, a gate combines them;
+    * :class:`~mac_minimal.mal.MALLayer` (eqs. 29-31): the memory first, the attention on its output.
+
+    A layer without memory (``use_memory=False``) is its attention alone.
+    """
+    from mac_minimal.mac_attention import MACAttention
+    from mac_minimal.mag import MAGLayer
+    from mac_minimal.mal import MALLayer
+
+    if not isinstance(layer, (MACAttention, MAGLayer, MALLayer)):
+        raise TypeError(f"layer must be a MACAttention, MAGLayer or MALLayer, got {type(layer).__name__}")
+    if layer.memory is None:
+        return [("input", "attention", "x"), ("attention", "output", "")]
+    if isinstance(layer, MACAttention):
+        return [("input", "memory", "q"), ("memory", "attention", "h"), ("input", "attention", "S"),
+                ("attention", "memory", "write y"), ("attention", "combine", "y"),
+                ("memory", "combine", r"$\mathcal{M}^*_t(y)$"), ("combine", "output", "")]
+    if isinstance(layer, MAGLayer):
+        return [("input", "attention", ""), ("input", "memory", ""), ("attention", "combine", "y"),
+                ("memory", "combine", "m"), ("combine", "output", "")]
+    return [("input", "memory", ""), ("memory", "attention", "y"), ("attention", "output", "")]
+
+
+def titans_layer(layer: nn.Module, ax: Axes | None = None) -> Axes:
+    """One layer of MAC, MAG or MAL as boxes and arrows, left to right (chapter 9): the input,
+    the attention above, the memory below, how they combine, the output. The boxes say what the
+    layer's config sets (window or segment, the memory's chunk, the persistent tokens); the
+    arrows are :func:`titans_layer_edges`. Each box has the gid of its part, each arrow the gid
+    ``"source -> target"``."""
+    from mac_minimal.mac_attention import MACAttention
+    from mac_minimal.mag import MAGLayer
+
+    edges = titans_layer_edges(layer)
+    cfg = layer.config
+    memory = layer.memory is not None
+    chunk = f"chunk {layer.memory.config.chunk_size}" if memory else ""
+    p = cfg.num_persistent
+    if isinstance(layer, MACAttention):
+        name = "MAC: memory as context (eqs. 21-25)" if memory else "MAC without memory"
+        parts = {"input": f"segment $S$\n({cfg.segment_len} tokens)",
+                 "attention": "attend (22)-(23) over\n" + f"[{p} $p$ | $h$ | $S$]",
+                 "memory": f"retrieve (21)\nwrite (24), {chunk}",
+                 "combine": "(25) $o = y \\otimes$\n" + r"$s\,\mathcal{M}^*_t(y)$"}
+    elif isinstance(layer, MAGLayer):
+        name = "MAG: memory as a gate (eqs. 26-28)" if memory else "sliding window alone (eq. 27)"
+        parts = {"input": f"(26) $[p \\,\\|\\, x]$\n{p} persistent",
+                 "attention": f"(27) SW-Attn*\nwindow {cfg.window}, sees $p$",
+                 "memory": f"$m_t = \\mathcal{{M}}_{{t-1}}(q_t)$\nread, write; {chunk}",
+                 "combine": "(28) gate\n" + r"LN$(y)\,\sigma($LN$(m))$"}
+    else:
+        name = "MAL: memory as a layer (eqs. 29-31)"
+        parts = {"input": f"(29) $[p \\,\\|\\, x]$\n{p} persistent",
+                 "memory": f"(30) $y_t = \\mathcal{{M}}_{{t-1}}(q_t)$\nread, write; {chunk}",
+                 "attention": f"(31) SW-Attn$(y)$\nwindow {cfg.window}, no $p$"}
+    parts["output"] = "$o$"
+    used = {part for edge in edges for part in edge[:2]}
+    # (x, y, w, h) of each part; MAL is a chain, the others have attention above and memory below
+    if isinstance(layer, MACAttention) or isinstance(layer, MAGLayer):
+        place = {"input": (0.1, 1.5, 2.6, 1.2), "attention": (3.9, 2.9, 3.2, 1.2),
+                 "memory": (3.9, 0.1, 3.2, 1.2), "combine": (8.3, 1.5, 2.9, 1.2), "output": (12.0, 1.75, 0.9, 0.7)}
+        if not memory:
+            place["output"] = (8.3, 3.15, 0.9, 0.7)
+    else:
+        place = {"input": (0.1, 1.5, 2.6, 1.2), "memory": (3.4, 1.5, 3.7, 1.2), "attention": (7.8, 1.5, 3.4, 1.2),
+                 "output": (12.0, 1.75, 0.9, 0.7)}
+    colors = {"input": COLORS["segment"], "attention": COLORS["output"], "memory": COLORS["memory"],
+              "combine": COLORS["retrieved"], "output": COLORS["persistent"]}
+    ax = _canvas(ax, 13.0, 4.2, (6.7, 2.3))
+    ax.set_title(name, fontsize=10)
+    for part in parts:
+        if part not in used:
+            continue
+        x, y, w, h = place[part]
+        _box(ax, x, y, w, h, parts[part], colors[part])
+        ax.patches[-1].set_gid(part)
+
+    def anchor(part: str, towards: str) -> tuple[float, float]:
+        """The middle of the side of ``part``'s box that faces ``towards``'s."""
+        x, y, w, h = place[part]
+        tx, ty, tw, th = place[towards]
+        dx, dy = (tx + tw / 2) - (x + w / 2), (ty + th / 2) - (y + h / 2)
+        if abs(dx) * (h + th) >= abs(dy) * (w + tw):           # mostly beside: left or right side
+            return (x + w if dx > 0 else x, y + h / 2)
+        return (x + w / 2, y + h if dy > 0 else y)
+
+    for source, target, label in edges:
+        back = (target, source) in {(s_, t_) for s_, t_, _ in edges}
+        start, end = anchor(source, target), anchor(target, source)
+        if back:   # a pair of opposite arrows (MAC: h up, the write down): side by side
+            shift = 0.55 if source == "memory" else -0.55
+            start, end = (start[0] + shift, start[1]), (end[0] + shift, end[1])
+        arrow = ax.annotate("", xy=end, xytext=start,
+                            arrowprops=dict(arrowstyle="-|>", color="black", lw=0.9, shrinkA=2, shrinkB=2))
+        arrow.set_gid(f"{source} -> {target}")
+        if not label:
+            continue
+        (x0, y0), (x1, y1) = start, end
+        if x0 == x1:               # vertical: the label beside the arrow, away from its twin
+            right = source == "memory"
+            ax.text(x0 + (0.12 if right else -0.12), (y0 + y1) / 2, label, ha="left" if right else "right",
+                    va="center", fontsize=9, style="italic")
+        elif y0 == y1:             # horizontal: above it
+            ax.text((x0 + x1) / 2, y0 + 0.1, label, ha="center", va="bottom", fontsize=9, style="italic")
+        else:                      # slanted: above its upper end's side, left of the middle
+            ax.text((x0 + x1) / 2 - 0.15, (y0 + y1) / 2 + (0.1 if y1 > y0 else -0.1), label, ha="right",
+                    va="bottom" if y1 > y0 else "top", fontsize=9, style="italic")
     return ax

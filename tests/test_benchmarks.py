@@ -129,3 +129,28 @@ def test_memory_horizon_forces_the_filler_step_and_builds_its_curricula():
     assert flags.count("--resume") == 1 and flags[flags.index("--seq-len") + 1] == "256"
     assert flags[flags.index("--memory-alpha-logit-init") + 1] == "-10"
     assert horizon.long_distances(1024, 64, 8) == [4, 8, 16, 32, 60, 128, 256, 512, 768, 1021]
+
+
+def test_titans_variants_text_and_cost_at_toy_sizes(tmp_path):
+    """titans_variants.py: a 2-step text run per model goes under --out (never runs/variants), its
+    metrics copied and summarised with its command; run again, a finished run is kept; the cost of
+    every model of the recall comparison is timed and counted."""
+    out = tmp_path / "variants"
+    first = run("benchmarks/titans_variants.py", "text", "--only", "mag", "swa", "--steps", "2", "--jobs", "1",
+                "--out", str(out))
+    assert first.stdout.count("python -m mac_minimal.train") == 2
+    runs = json.loads((out / "text_summary.json").read_text())["runs"]
+    assert [(r["model"], r["seed"], r["steps"]) for r in runs] == [("mag", 0, 2), ("swa", 0, 2)]
+    for r in runs:
+        assert f"--model {r['model']}" in r["command"] and "--task lm" in r["command"]
+        assert str(out / "runs") in r["command"] and 0 < r["final_bpb"] < 9 and r["wall_s"] > 0
+        assert (out / f"text-{r['model']}-s0.jsonl").exists()
+    again = run("benchmarks/titans_variants.py", "text", "--only", "swa", "--steps", "2", "--out", str(out))
+    assert "python -m mac_minimal.train" not in again.stdout                     # kept, not run again
+    assert len(json.loads((out / "text_summary.json").read_text())["runs"]) == 2
+    run("benchmarks/titans_variants.py", "cost", "--smoke", "--repeats", "1", "--out", str(tmp_path / "cost.json"))
+    models = json.loads((tmp_path / "cost.json").read_text())["models"]
+    assert list(models) == ["mac", "mag", "mal", "swa", "full_attention", "mac_no_memory"]
+    assert all(m["step_s"] > 0 and m["flops"] > 0 and m["seq_len"] == 16 for m in models.values())
+    assert models["mac"]["flops"] > models["mac_no_memory"]["flops"]
+    assert models["mac"]["dim"] == 32 and models["mag"]["variant"] == "mag"

@@ -144,3 +144,54 @@ def test_recall_layout_refuses_a_distance_outside_the_stream():
         diagrams.recall_layout(16, 15)
     with pytest.raises(ValueError, match="segment_len"):
         diagrams.recall_stream(segment_len=0)
+
+
+def _titans_layers():
+    from mac_minimal.mac_attention import MACAttention, MACAttentionConfig
+    from mac_minimal.mag import MAGLayer, MAGLayerConfig
+    from mac_minimal.mal import MALLayer, MALLayerConfig
+    from mac_minimal.neural_memory import NeuralMemoryConfig
+
+    memory = NeuralMemoryConfig(chunk_size=4)
+    return {"mac": MACAttention(MACAttentionConfig(dim=16, heads=2, segment_len=6, num_persistent=3, memory=memory)),
+            "mag": MAGLayer(MAGLayerConfig(dim=16, heads=2, window=5, num_persistent=3, memory=memory)),
+            "mal": MALLayer(MALLayerConfig(dim=16, heads=2, window=5, num_persistent=3, memory=memory)),
+            "swa": MAGLayer(MAGLayerConfig(dim=16, heads=2, window=5, num_persistent=3, use_memory=False)),
+            "mac_no_memory": MACAttention(MACAttentionConfig(dim=16, heads=2, segment_len=6, use_memory=False))}
+
+
+def test_titans_layer_draws_each_variants_wiring_from_its_module():
+    """MAG: attention and memory side by side into a gate; MAL: memory, then attention; MAC: the
+    memory feeds the attention, which writes back; without memory: the attention alone. Every edge
+    is one arrow between the boxes it names; the boxes carry the layer's own sizes and equations."""
+    wiring = {"mag": {("input", "attention"), ("input", "memory"), ("attention", "combine"),
+                      ("memory", "combine"), ("combine", "output")},
+              "mal": {("input", "memory"), ("memory", "attention"), ("attention", "output")},
+              "mac": {("input", "memory"), ("memory", "attention"), ("input", "attention"),
+                      ("attention", "memory"), ("attention", "combine"), ("memory", "combine"),
+                      ("combine", "output")},
+              "swa": {("input", "attention"), ("attention", "output")},
+              "mac_no_memory": {("input", "attention"), ("attention", "output")}}
+    equations = {"mag": (26, 27, 28), "mal": (29, 30, 31), "mac": (21, 22, 23, 24, 25), "swa": (26, 27),
+                 "mac_no_memory": (22,)}
+    sizes = {"mag": ("window 5", "chunk 4", "3 persistent"), "mal": ("window 5", "chunk 4", "3 persistent"),
+             "mac": ("6 tokens", "chunk 4", "3 $p$"), "swa": ("window 5", "3 persistent"),
+             "mac_no_memory": ("6 tokens",)}
+    for name, layer in _titans_layers().items():
+        edges = {(s, t) for s, t, _ in diagrams.titans_layer_edges(layer)}
+        assert edges == wiring[name], name
+        ax = diagrams.titans_layer(layer)
+        arrows = {t.get_gid() for t in ax.texts if t.get_gid()}
+        assert arrows == {f"{s} -> {t}" for s, t in edges}, name
+        boxes = {p.get_gid() for p in ax.patches if p.get_gid()}
+        assert boxes == {part for edge in edges for part in edge}, name
+        text = _texts(ax) + ax.get_title()
+        assert all(f"({n})" in text or f"{n}-" in text or f"-{n}" in text for n in equations[name]), name
+        assert all(size in text for size in sizes[name]), (name, text)
+        assert diagrams.smallest_text_px(ax.figure) >= 9
+        plt.close("all")
+
+
+def test_titans_layer_refuses_other_modules():
+    with pytest.raises(TypeError, match="MACAttention, MAGLayer or MALLayer"):
+        diagrams.titans_layer(torch.nn.Linear(2, 2))
