@@ -23,7 +23,7 @@ def test_gpu_record_smoke_writes_speed_and_runs(tmp_path):
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["smoke"] and {"mac", "mac_no_memory"} <= set(speed["rows"][0]["step_s"])
     runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
-    assert [r["model"] for r in runs] == ["mac", "mac_no_memory", "full_attention"]
+    assert [r["model"] for r in runs] == ["mac", "mac_no_memory", "full_attention", "mag", "mal", "swa"]
     for r in runs:
         assert r["finished"] and r["steps"] == 6 and set(r["final"]) == {"4", "28"}
         assert (tmp_path / f"{r['model']}-one_fact.jsonl").exists()
