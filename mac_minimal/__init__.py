@@ -30,12 +30,12 @@ Each module backs one chapter of the book in ``book/``:
  8      ``metrics``              the run's record: JSON lines
  8      ``cli``                  flags, one-line errors, exit statuses
  8      ``inspect_memory``       inside a trained MAC: the memory's rates, the answer's attention
- -      ``sliding_window``       sliding-window attention over a stream (MAG, MAL)
- -      ``mag``                  Titans eqs. 26-28: memory as a gate; reading before writing
- -      ``mal``                  Titans eqs. 29-31: memory as a layer
- -      ``layer_stack``          the language-model frame of MAG and MAL
+ 9      ``sliding_window``       sliding-window attention over a stream (MAG, MAL)
+ 9      ``mag``                  Titans eqs. 26-28: memory as a gate; reading before writing
+ 9      ``mal``                  Titans eqs. 29-31: memory as a layer
+ 9      ``layer_stack``          the language-model frame of MAG and MAL
  -      ``notebook``             ``setup_notebook()``: determinism for nbval
- -      ``diagrams``             pictures of the machine, drawn from code (chapters 1, 2, 4-8)
+ -      ``diagrams``             pictures of the machine, drawn from code (chapters 1, 2, 4-9)
  -      ``plots``                one log-log helper for the benchmark figures (chapters 3, 4, 7)
  -      ``layers``               the feed-forward block and the one parameter count
  -      ``checks``               the shared input checks (sizes, rotary heads, token ids)
