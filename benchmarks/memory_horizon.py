@@ -47,6 +47,7 @@ import torch
 
 from common import RESULTS, environment, load_recall_run, set_flags, write_json
 from mac_minimal.evaluation import evaluate_recall
+from mac_minimal.inspect_memory import momentum_capped
 from mac_trainability import COMMON, ONE_FACT, TRAINABLE
 from what_memory_learned import rates_by_token
 
@@ -187,25 +188,6 @@ def filler_theta_scaled(model: torch.nn.Module, filler_start: int, scale: float)
             del block.attn.memory.rates
 
 
-@contextlib.contextmanager
-def capped_momentum(model: torch.nn.Module, cap: float, layers: list[int]):
-    """Clip ``eta_t`` at ``cap`` in the memories of ``layers`` (indices into ``model.blocks``)."""
-    def capped_rates(memory):
-        def rates(y):
-            theta, eta, alpha = type(memory).rates(memory, y)
-            return theta, eta.clamp(max=cap), alpha
-        return rates
-
-    memories = [model.blocks[layer].attn.memory for layer in layers]
-    for memory in memories:
-        memory.rates = capped_rates(memory)
-    try:
-        yield
-    finally:
-        for memory in memories:
-            del memory.rates
-
-
 @torch.no_grad()
 def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[float],
              filler_theta: list[float], eta_caps: list[float], by_length: bool) -> dict:
@@ -253,7 +235,7 @@ def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[f
         last = len(model.blocks) - 1
         for cap in eta_caps:
             for layers in (list(range(len(model.blocks))), [last]):
-                with capped_momentum(model, cap, layers):
+                with momentum_capped(model, cap, layers):
                     result["forced"].append({"eta_cap": cap, "eta_cap_layers": layers,
                                              "accuracy": accuracy(f" eta <= {cap:g} in layers {layers}")})
     write_json(OUT / f"{name}-s{seed}.json", result)

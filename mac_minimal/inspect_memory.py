@@ -11,6 +11,9 @@ what the answer attends to.
 Both run the model once under ``torch.no_grad()`` with forward pre-hooks that record the inputs
 of each layer's MAC attention and of its memory, and remove the hooks afterwards (also on error).
 
+* :func:`momentum_capped`: an intervention, not a measurement: while inside, the memories of the
+  given layers clip their momentum ``eta_t`` at a cap (chapter 8, 'Momentum that never lets go').
+
 Shapes: b batch, n stream length, d model width, H heads, P persistent slots.
 """
 
@@ -20,9 +23,10 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from mac_minimal.checks import require_number
 from mac_minimal.model import MACTransformer
 
-__all__ = ["recorded", "memory_rates", "answer_attention"]
+__all__ = ["recorded", "memory_rates", "answer_attention", "momentum_capped"]
 
 
 def _check(model: MACTransformer, tokens: Tensor) -> None:
@@ -93,3 +97,33 @@ def answer_attention(model: MACTransformer, tokens: Tensor) -> list[dict[str, fl
         out.append({"persistent": float(row[:P].sum()), "retrieved": float(row[P:P + seen].sum()),
                     "segment": float(row[P + seen:].sum())})
     return out
+
+
+@contextlib.contextmanager
+def momentum_capped(model: MACTransformer, cap: float, layers: list[int] | None = None) -> Iterator[None]:
+    """While inside, ``eta_t = min(eta_t, cap)`` in the memories of ``layers`` (indices into
+    ``model.blocks``; None: every layer); the model is as before on exit (also on error).
+
+    Raises ``ValueError`` unless ``cap`` is in (0, 1] and every layer index exists.
+    """
+    if not isinstance(model, MACTransformer) or not model.config.use_memory:
+        raise ValueError("model must be a MACTransformer with neural memory (use_memory=True)")
+    require_number("cap", cap, low=0.0, high=1.0)
+    layers = list(range(len(model.blocks))) if layers is None else list(layers)
+    if not all(isinstance(i, int) and 0 <= i < len(model.blocks) for i in layers):
+        raise ValueError(f"layers must be indices in [0, {len(model.blocks)}), got {layers}")
+
+    def capped(memory):
+        def rates(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            theta, eta, alpha = type(memory).rates(memory, y)                 # each (b, n)
+            return theta, eta.clamp(max=cap), alpha
+        return rates
+
+    memories = [model.blocks[i].attn.memory for i in layers]
+    for memory in memories:
+        memory.rates = capped(memory)
+    try:
+        yield
+    finally:
+        for memory in memories:
+            del memory.rates

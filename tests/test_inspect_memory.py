@@ -4,7 +4,7 @@ shares at the answer add up to 1, and no hook is left behind."""
 import pytest
 import torch
 
-from mac_minimal.inspect_memory import answer_attention, memory_rates
+from mac_minimal.inspect_memory import answer_attention, memory_rates, momentum_capped
 from mac_minimal.model import MACConfig, MACTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig
 
@@ -125,3 +125,25 @@ def test_clear_errors():
             memory_rates(model, bad)
         with pytest.raises(ValueError, match=r"int64 tensor \(b, n\)"):
             answer_attention(model, bad)
+
+
+def test_momentum_capped_clips_eta_in_the_given_layers_and_undoes_itself():
+    torch.manual_seed(0)
+    model = MACTransformer(MACConfig(vocab_size=20, dim=16, heads=2, segment_len=4)).eval()
+    tokens = torch.randint(0, 20, (2, 12))
+    with torch.no_grad():
+        plain, _ = model(tokens)
+        with momentum_capped(model, 1.0):                       # sigmoid < 1: nothing clipped
+            assert torch.equal(model(tokens)[0], plain)
+        with momentum_capped(model, 0.5, [1]):                  # eta starts near 0.88
+            assert not torch.allclose(model(tokens)[0], plain)
+            x = torch.randn(1, 3, 16)
+            assert model.blocks[1].attn.memory.rates(x)[1].max() <= 0.5
+            assert model.blocks[0].attn.memory.rates(x)[1].min() > 0.5
+        assert torch.equal(model(tokens)[0], plain)             # undone on exit
+    with pytest.raises(ValueError, match="cap must be > 0 and <= 1, got 1.5"):
+        with momentum_capped(model, 1.5):
+            pass
+    with pytest.raises(ValueError, match=r"layers must be indices in \[0, 2\), got \[2\]"):
+        with momentum_capped(model, 0.9, [2]):
+            pass
