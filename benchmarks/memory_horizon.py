@@ -85,6 +85,8 @@ CONTINUED = {
                                                   eval_distances="4,8,16,32,60,124,252")),
     "alpha-10-3000-then128": ("alpha-10-3000", dict(seq_len=128, steps=3500, eval_every=100,
                                                     eval_distances="4,8,16,32,60,124")),
+    "alpha-10-3000-then128-1500": ("alpha-10-3000", dict(seq_len=128, steps=4500, eval_every=250,
+                                                         eval_distances="4,8,16,32,60,124")),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }
