@@ -14,15 +14,35 @@ are MAC's (``embed``, ``blocks.i.norm_attn``, ``blocks.i.attn``, ...), ``generat
 Shapes: b batch, n sequence, d model width, V vocabulary.
 """
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from mac_minimal.checks import require_tokens
+from mac_minimal.checks import require_positive_int, require_tokens
 from mac_minimal.layers import FeedForward, num_parameters
 from mac_minimal.model import MACTransformer
 
 __all__ = ["LayerStackState", "ResidualBlock", "LayerStack"]
+
+
+@dataclass
+class StackFields:
+    """The language model around the layers, as :class:`~mac_minimal.model.MACConfig` has it:
+    ``vocab_size``, ``depth`` (blocks) and ``ffn_mult`` (FFN hidden width = ``ffn_mult * dim``).
+
+    A mixin listed before a layer's config (``class MAGConfig(StackFields, MAGLayerConfig)``):
+    its fields follow the layer's, and it checks them after the layer's own checks.
+    """
+
+    vocab_size: int = 64
+    depth: int = 2
+    ffn_mult: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("vocab_size", "depth", "ffn_mult"):
+            require_positive_int(f"{type(self).__name__}.{name}", getattr(self, name))
 
 
 class LayerStackState(NamedTuple):

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mac_minimal.checks import require_positive_int
-from mac_minimal.layer_stack import LayerStack
+from mac_minimal.layer_stack import LayerStack, StackFields
 from mac_minimal.mac_attention import MACAttentionConfig
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState, full_precision
 from mac_minimal.persistent import PersistentMemoryConfig, PrependedPersistentTokens
@@ -181,18 +181,9 @@ class MAGLayer(nn.Module):
 
 
 @dataclass
-class MAGConfig(MAGLayerConfig):
+class MAGConfig(StackFields, MAGLayerConfig):
     """:class:`MAGTransformer`: every block's :class:`MAGLayerConfig` plus ``vocab_size``,
     ``depth`` (blocks) and ``ffn_mult`` (FFN hidden width = ``ffn_mult * dim``), as in MAC."""
-
-    vocab_size: int = 64
-    depth: int = 2
-    ffn_mult: int = 4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("vocab_size", "depth", "ffn_mult"):
-            require_positive_int(f"MAGConfig.{name}", getattr(self, name))
 
 
 class MAGTransformer(LayerStack):

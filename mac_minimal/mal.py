@@ -28,8 +28,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from mac_minimal.checks import require_positive_int
-from mac_minimal.layer_stack import LayerStack
+from mac_minimal.layer_stack import LayerStack, StackFields
 from mac_minimal.mag import WindowMemoryConfig, read_before_write
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryState
 from mac_minimal.persistent import PrependedPersistentTokens
@@ -100,18 +99,9 @@ class MALLayer(nn.Module):
 
 
 @dataclass
-class MALConfig(MALLayerConfig):
+class MALConfig(StackFields, MALLayerConfig):
     """:class:`MALTransformer`: every block's :class:`MALLayerConfig` plus ``vocab_size``,
     ``depth`` (blocks) and ``ffn_mult`` (FFN hidden width = ``ffn_mult * dim``), as in MAC."""
-
-    vocab_size: int = 64
-    depth: int = 2
-    ffn_mult: int = 4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("vocab_size", "depth", "ffn_mult"):
-            require_positive_int(f"MALConfig.{name}", getattr(self, name))
 
 
 class MALTransformer(LayerStack):
