@@ -87,6 +87,11 @@ CONTINUED = {
                                                     eval_distances="4,8,16,32,60,124")),
     "alpha-10-3000-then128-1500": ("alpha-10-3000", dict(seq_len=128, steps=4500, eval_every=250,
                                                          eval_distances="4,8,16,32,60,124")),
+    # the recipe resumed with the memory carried across batches (truncated backpropagation through time,
+    # mac_minimal.carried_state): each row restarts fresh with probability 1/16 (mean history 2,048 tokens)
+    # or 1/4 (512 tokens) per step; every fact is still asked at most 124 tokens after it was written
+    "alpha-10-3000-then128-carry16": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.0625)),
+    "alpha-10-3000-then128-carry4": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.25)),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }

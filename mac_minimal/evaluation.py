@@ -19,8 +19,8 @@ from mac_minimal.runtime import autocast
 from mac_minimal.task_data import TaskData
 from mac_minimal.train_config import TrainConfig
 
-__all__ = ["EVAL_SEED", "per_token_loss_and_correct", "compute_loss", "default_eval_distances", "evaluate_recall",
-           "evaluate_lm", "evaluate"]
+__all__ = ["EVAL_SEED", "per_token_loss_and_correct", "compute_loss", "loss_and_state", "default_eval_distances",
+           "evaluate_recall", "evaluate_lm", "evaluate"]
 
 EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
 
@@ -28,19 +28,30 @@ EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model
 def per_token_loss_and_correct(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
     """Every target's cross-entropy (nats) and whether the argmax hit it (1.0 or 0.0), both (b, n) float32;
     the batch's mask is not applied."""
+    losses, correct, _ = _score(model, batch, device, None)
+    return losses, correct
+
+
+def _score(model: nn.Module, batch: Batch, device: torch.device, state: Any) -> tuple[Tensor, Tensor, Any]:
+    """:func:`per_token_loss_and_correct` and the model's state after the batch."""
     with autocast(device):
-        logits, _ = model(batch.inputs)                                # (b, n, V)
+        logits, state = model(batch.inputs) if state is None else model(batch.inputs, state)  # (b, n, V)
     logits = logits.float()
     losses = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none")
     correct = (logits.argmax(-1) == batch.targets).float()
-    return losses.view_as(correct), correct
+    return losses.view_as(correct), correct, state
 
 
 def compute_loss(model: nn.Module, batch: Batch, device: torch.device) -> Tensor:
     """Mean cross-entropy over the targets in ``batch.mask`` (the answers for recall, all bytes for lm)."""
-    losses, _ = per_token_loss_and_correct(model, batch, device)
+    return loss_and_state(model, batch, device)[0]
+
+
+def loss_and_state(model: nn.Module, batch: Batch, device: torch.device, state: Any = None) -> tuple[Tensor, Any]:
+    """:func:`compute_loss` from ``state`` (None: a fresh text), and the state after the batch."""
+    losses, _, state = _score(model, batch, device, state)
     mask = batch.mask.float()
-    return (losses * mask).sum() / mask.sum()
+    return (losses * mask).sum() / mask.sum(), state
 
 
 def default_eval_distances(seq_len: int, num_facts: int, count: int = 5) -> list[int]:

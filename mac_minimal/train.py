@@ -29,6 +29,11 @@ Every training choice, briefly:
   attention layer (MAC: one call per segment) with ``torch.compile``, in place, so the first steps
   pay for compiling a few graphs and the later ones run fused kernels; parameter names, and so
   checkpoints, are the same with or without it (a run may be resumed either way).
+* **``--carry-state P``** (off by default; ``mac`` only): each batch continues the streams of the
+  last one, the memory carried over and detached (truncated backpropagation through time,
+  :mod:`~mac_minimal.carried_state`), each row restarting fresh with probability ``P`` per step, so
+  the memory meets the long histories it will meet on long streams. The carried state is not
+  checkpointed: a resumed run restarts every stream fresh.
 * **Distributed data parallel** (:mod:`~mac_minimal.runtime`): under ``torchrun
   --nproc_per_node=N`` each process trains on its own data stream, gradients are averaged across
   processes, and only rank 0 writes.
@@ -57,7 +62,8 @@ from mac_minimal.checkpoint import (CheckpointError, checkpoint_contents, load_c
                                     save_checkpoint)
 from mac_minimal.compiled import compile_regions
 from mac_minimal.data import Batch
-from mac_minimal.evaluation import compute_loss, evaluate
+from mac_minimal.carried_state import next_state
+from mac_minimal.evaluation import evaluate, loss_and_state
 from mac_minimal.layers import num_parameters
 from mac_minimal.metrics import start_metrics, write_metrics
 from mac_minimal.runtime import (Runtime, average_over_processes, close_runtime, data_parallel, device_name,
@@ -101,15 +107,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-               batch: Batch, cfg: TrainConfig, runtime: Runtime, step: int) -> tuple[float, float]:
-    """One optimizer step on ``batch`` ((b, n) tokens); returns (loss, gradient norm before clipping),
-    averaged over processes.
+               batch: Batch, cfg: TrainConfig, runtime: Runtime, step: int, state: Any = None
+               ) -> tuple[float, float, Any]:
+    """One optimizer step on ``batch`` ((b, n) tokens), the model starting from ``state`` (None: fresh);
+    returns (loss, gradient norm before clipping), averaged over processes, and the state after the batch.
 
     Raises :class:`NonFiniteLossError` before the update if either is NaN or infinite (every
     process sees the same averaged values, so all of them stop together).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = compute_loss(model, batch, runtime.device)
+    loss, state = loss_and_state(model, batch, runtime.device, state)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     stats = average_over_processes(torch.stack([loss.detach().float(), grad_norm.float()]), runtime)
@@ -118,7 +125,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
         raise NonFiniteLossError(f"non-finite loss {loss_value} (gradient norm {norm_value}) at step {step + 1}")
     optimizer.step()
     scheduler.step()
-    return loss_value, norm_value
+    return loss_value, norm_value, state
 
 
 @dataclass
@@ -210,14 +217,18 @@ def train_loop(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     run, step = start_run(cfg, runtime)
     result = evaluate_and_save(run, 0) if step == 0 else {}  # the untrained score starts every curve
     started, window_loss, window_time, train_time, first_step = time.perf_counter(), [], 0.0, 0.0, step
+    state = None                                 # the model's state carried between batches (--carry-state)
     tokens_per_step = cfg.batch_size * cfg.seq_len * runtime.world_size
     bar = tqdm(total=cfg.steps, initial=step, disable=True if not (cfg.progress and runtime.is_main) else None,
                unit="step", dynamic_ncols=True)
     while step < cfg.steps:
         tick = time.perf_counter()
         batch = make_batch(cfg, run.data, run.generator).to(runtime.device)
+        state = (None if cfg.carry_state is None     # a fresh state, or the last batch's streams continued
+                 else next_state(run.model, state, cfg.batch_size, cfg.carry_state, run.generator))
         try:
-            loss, grad_norm = train_step(run.trained, run.optimizer, run.scheduler, batch, cfg, runtime, step)
+            loss, grad_norm, state = train_step(run.trained, run.optimizer, run.scheduler, batch, cfg, runtime,
+                                                step, state)
         except NonFiniteLossError as error:
             if runtime.is_main:
                 write_metrics(cfg.metrics_path, {"event": "nonfinite", "step": step + 1, "message": str(error)})

@@ -87,6 +87,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     compile: bool = False                            # torch.compile every repeating region (compiled.py)
+    carry_state: float | None = None                 # restart probability per row and step (carried_state.py)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -96,6 +97,8 @@ class TrainConfig:
                              f"(mac_minimal.compiled.REGIONS); --model {self.model} runs eagerly, without --compile")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.carry_state is not None:
+            self._check_carry_state()
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
         if self.data is not None and not (os.path.isfile(self.data) and os.access(self.data, os.R_OK)):
@@ -131,6 +134,17 @@ class TrainConfig:
         existing = next(path for path in (out, *out.parents) if path.exists())   # out or the nearest folder above it
         if not existing.is_dir():
             raise ValueError(f"--out must be a directory (new or existing), got {self.out!r} ({existing} is a file)")
+
+    def _check_carry_state(self) -> None:
+        """``carry_state``: a probability in (0, 1], for ``mac``, with windows ending on segment and chunk edges."""
+        require_number("carry_state", self.carry_state, low=0.0, high=1.0)
+        if self.model != "mac":
+            raise ValueError(f"--carry-state carries MAC's memory from batch to batch (mac_minimal.carried_state); "
+                             f"use it with --model mac, got --model {self.model}")
+        if self.seq_len % self.segment_len or self.seq_len % self.chunk_size:
+            raise ValueError(f"--carry-state needs seq_len to be a multiple of segment_len and chunk_size (windows "
+                             f"end on segment and chunk edges), got seq_len={self.seq_len}, "
+                             f"segment_len={self.segment_len}, chunk_size={self.chunk_size}")
 
     @property
     def recall_task(self) -> RecallTask:

@@ -251,14 +251,14 @@ def test_a_differing_memory_field_is_named_by_its_dotted_path(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_loss, calls = train_module.compute_loss, []
+    real_loss, calls = train_module.loss_and_state, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
-        loss = real_loss(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 5 else loss
+        loss, state = real_loss(*args, **kwargs)
+        return (loss * float("nan") if len(calls) == 5 else loss), state
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    monkeypatch.setattr(train_module, "loss_and_state", poisoned)
     cfg = tiny(tmp_path, steps=8, eval_every=2)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan .* at step 5; .* last good checkpoint is"):
         train(cfg)
@@ -338,7 +338,11 @@ def test_bad_arguments_are_rejected(capsys):
     (["--num-facts", "100"], "--num-facts", "<= --num-keys=32"), (["--num-facts", "0"], "--num-facts", ">= 1"),
     (["--seq-len", "1"], "--seq-len", ">= 31"),
     (["--dim", "36"], "--dim", "even"), (["--dim", "30"], "--dim", "even"), (["--heads", "3"], "--heads", "even"),
-    (["--steps", "0"], "--steps", ">= 1"), (["--compile", "--model", "mag"], "--model mag", "without --compile")])
+    (["--steps", "0"], "--steps", ">= 1"), (["--compile", "--model", "mag"], "--model mag", "without --compile"),
+    (["--carry-state", "0"], "--carry-state", "> 0"), (["--carry-state", "1.5"], "--carry-state", "<= 1"),
+    (["--carry-state", "0.5", "--model", "full_attention"], "--carry-state", "--model mac"),
+    (["--carry-state", "0.5", "--seq-len", "100"], "--carry-state", "multiple of segment_len"),
+    (["--carry-state", "0.5", "--model", "mag"], "--carry-state", "--model mac")])
 def test_every_bad_argument_gets_one_line_and_status_2(capsys, args, flag, expected):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(args)
