@@ -94,7 +94,7 @@ MODEL_FLAGS = {
 }
 TASK_FLAGS = {
     "max_bytes": (int, "lm: bytes of text to read"),
-    "num_facts": (int, "recall: facts per sequence"),
+    "num_facts": (int, "recall: facts per sequence; mqar: the most key-value pairs (each batch draws 1 to this)"),
     "num_values": (int, "recall: distinct values (chance accuracy = 1 / num_values)"),
     "num_keys": (int, "recall: distinct keys (>= num_facts)"),
 }
@@ -139,7 +139,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="MAC: a learned scalar on the memory term of eq. 25, initialised to this; "
                         "none: no scale, o = y + M(y)")
     g = p.add_argument_group("task")
-    g.add_argument("--task", choices=TASKS, default=d.task)
+    g.add_argument("--task", choices=TASKS, default=d.task,
+                   help="recall: facts far back in filler; mqar: multi-query associative recall (Zoology); "
+                        "lm: bytes of text")
     g.add_argument("--data", default=d.data, metavar="PATH",
                    help="lm: a text file (default: the Python standard library's sources)")
     _add_flags(g, TASK_FLAGS, d)

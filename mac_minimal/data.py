@@ -24,6 +24,17 @@ the position, says which value is asked. The loss and the accuracy count only th
 tokens (``mask``); every other target is noise (filler, random keys and values) that no model
 can predict.
 
+**Multi-query associative recall** (MQAR; Arora et al. 2023, "Zoology"), many facts at once, in
+the same vocabulary without markers: ``N`` key-value pairs open the stream, back to back, and each
+key is asked once later, at a random place in the filler, by the key alone; the target there is
+its value (which the stream then shows, as in Zoology)::
+
+    stream:  k1 v1 k2 v2 ... kN vN  filler ... kπ1 vπ1 filler ... kπ2 vπ2 ...
+    mask:                                     ^ here the target is vπ1
+
+Only the answers count (``mask``, ``N`` per row). The key is the only cue to its value: a pair
+is one token to the next, so the binding is the copy an induction head makes.
+
 **Language modelling** on real text every machine already has: the source files of the Python
 standard library, walked in a fixed order and cut at a byte budget (or any file given by path).
 Byte-level tokens (vocabulary 256), a contiguous train/validation split, loss in bits per byte.
@@ -45,7 +56,7 @@ from torch import Tensor
 from mac_minimal.checks import require_positive_int
 
 __all__ = ["Batch", "RecallTask", "KEY", "VALUE", "QUERY", "recall_distance_range", "recall_batch",
-           "stdlib_files", "read_corpus", "split_corpus", "lm_batch", "lm_eval_batches"]
+           "mqar_min_length", "mqar_batch", "stdlib_files", "read_corpus", "split_corpus", "lm_batch", "lm_eval_batches"]
 
 KEY, VALUE, QUERY = 0, 1, 2
 TOKENS_PER_FACT = 4  # KEY k VALUE v (a query is QUERY k VALUE v)
@@ -144,6 +155,46 @@ def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
     stream[:, query_start:] = block(QUERY, keys.gather(1, order), values.gather(1, order))
     mask = torch.zeros(b, seq_len, dtype=torch.bool)
     mask[:, query_start + 2 :: TOKENS_PER_FACT] = True  # inputs[t] = the query's VALUE, targets[t] = answer
+    return Batch(stream[:, :-1], stream[:, 1:], mask)
+
+
+def mqar_min_length(num_pairs: int) -> int:
+    """Shortest ``seq_len`` for :func:`mqar_batch` with ``num_pairs`` pairs: the pairs, then a
+    two-token slot for each query (``seq_len + 1 >= 4N``)."""
+    _check_positive(num_pairs=num_pairs)
+    return 4 * num_pairs - 1
+
+
+def mqar_batch(batch_size: int, seq_len: int, num_pairs: int, generator: torch.Generator,
+               task: RecallTask = RecallTask()) -> Batch:
+    """A batch of multi-query associative recall (the layout in the module docstring), a
+    deterministic function of the generator's state.
+
+    Returns ``Batch`` with inputs/targets (b, n=seq_len) and a mask with exactly ``num_pairs`` True
+    entries per row: the positions holding a query's key, whose target is its value. The queries
+    take distinct two-token slots after the pairs (slot ``j`` = positions ``2N + 2j, 2N + 2j + 1``),
+    chosen at random, and ask the keys in a random order.
+    """
+    _check_positive(batch_size=batch_size, seq_len=seq_len)
+    if num_pairs > task.num_keys:
+        raise ValueError(f"num_pairs must be <= task.num_keys={task.num_keys} (each pair needs a key of its own), "
+                         f"got {num_pairs}")
+    if seq_len < mqar_min_length(num_pairs):
+        raise ValueError(f"seq_len must be >= {mqar_min_length(num_pairs)} for num_pairs={num_pairs} (the pairs, "
+                         f"then two tokens per query), got {seq_len}")
+    b, n_pairs, length = batch_size, num_pairs, seq_len + 1
+    stream = torch.randint(task.filler_start, task.vocab_size, (b, length), generator=generator)
+    keys = torch.rand(b, task.num_keys, generator=generator).argsort(-1)[:, :n_pairs] + task.key_start  # distinct
+    values = torch.randint(task.value_start, task.filler_start, (b, n_pairs), generator=generator)
+    stream[:, : 2 * n_pairs] = torch.stack((keys, values), dim=-1).reshape(b, 2 * n_pairs)
+    num_slots = (length - 2 * n_pairs) // 2
+    slots = torch.rand(b, num_slots, generator=generator).argsort(-1)[:, :n_pairs]   # (b, N) distinct slots
+    order = torch.rand(b, n_pairs, generator=generator).argsort(-1)                   # slot j asks pair order[j]
+    at = 2 * n_pairs + 2 * slots                                                      # (b, N) query positions
+    stream.scatter_(1, at, keys.gather(1, order))
+    stream.scatter_(1, at + 1, values.gather(1, order))
+    mask = torch.zeros(b, seq_len, dtype=torch.bool)
+    mask.scatter_(1, at, True)
     return Batch(stream[:, :-1], stream[:, 1:], mask)
 
 

@@ -3,8 +3,9 @@
 Both come from one per-token cross-entropy (:func:`per_token_loss_and_correct`). Training
 averages it over the targets in the batch's mask (:func:`compute_loss`: the answers for recall,
 every byte for ``lm``); evaluation reports recall accuracy against distance
-(:func:`evaluate_recall`, at :func:`default_eval_distances` unless the run names its own) or
-validation bits per byte (:func:`evaluate_lm`).
+(:func:`evaluate_recall`, at :func:`default_eval_distances` unless the run names its own), MQAR
+accuracy against the number of pairs (:func:`evaluate_mqar`), or validation bits per byte
+(:func:`evaluate_lm`).
 """
 
 import math
@@ -14,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mac_minimal.data import Batch, RecallTask, lm_eval_batches, recall_batch, recall_distance_range
+from mac_minimal.data import Batch, RecallTask, lm_eval_batches, mqar_batch, recall_batch, recall_distance_range
 from mac_minimal.runtime import autocast
 from mac_minimal.task_data import TaskData
 from mac_minimal.train_config import TrainConfig
 
 __all__ = ["EVAL_SEED", "per_token_loss_and_correct", "compute_loss", "loss_and_state", "default_eval_distances",
-           "evaluate_recall", "evaluate_lm", "evaluate"]
+           "evaluate_recall", "mqar_pair_counts", "beyond_segment", "evaluate_mqar", "evaluate_lm", "evaluate"]
 
 EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
 
@@ -85,6 +86,49 @@ def evaluate_recall(model: nn.Module, distances: list[int], seq_len: int, num_fa
             "mean_accuracy": sum(accuracy.values()) / len(accuracy)}
 
 
+def mqar_pair_counts(num_pairs: int) -> list[int]:
+    """The pair counts an MQAR run is evaluated at: 1, 2, 4, ... below ``num_pairs``, and ``num_pairs``."""
+    return sorted({*(2**i for i in range(num_pairs.bit_length()) if 2**i < num_pairs), num_pairs})
+
+
+def beyond_segment(batch: Batch, num_pairs: int, segment_len: int) -> Tensor:
+    """bool (b, n): the answers of ``batch`` (an :func:`~mac_minimal.data.mqar_batch`) whose query
+    sits in a later segment than its pair's value, so that attention inside a segment cannot see it."""
+    pair_keys = batch.inputs[:, : 2 * num_pairs : 2]                            # (b, N)
+    pair = (batch.inputs.unsqueeze(-1) == pair_keys.unsqueeze(1)).float().argmax(-1)   # (b, n) pair index
+    positions = torch.arange(batch.inputs.shape[1])
+    return batch.mask & ((2 * pair + 1) // segment_len < positions // segment_len)
+
+
+@torch.no_grad()
+def evaluate_mqar(model: nn.Module, seq_len: int, max_pairs: int, segment_len: int, batch_size: int,
+                  num_batches: int, device: torch.device | str = "cpu", task: RecallTask = RecallTask()
+                  ) -> dict[str, Any]:
+    """MQAR accuracy against the number of pairs (:func:`mqar_pair_counts`): for each count N,
+    ``num_batches`` fixed batches (drawn from :data:`EVAL_SEED`), the fraction of answers right, over
+    all queries (``accuracy``) and over those asked beyond their pair's segment (``beyond_segment``).
+    ``mean_accuracy`` averages ``accuracy`` over the counts."""
+    device = torch.device(device)
+    accuracy, beyond, losses = {}, {}, []
+    was_training, _ = model.training, model.eval()
+    for pairs in mqar_pair_counts(max_pairs):
+        generator = torch.Generator().manual_seed(EVAL_SEED + pairs)
+        hits, count, far_hits, far_count = 0.0, 0.0, 0.0, 0.0
+        for _ in range(num_batches):
+            batch = mqar_batch(batch_size, seq_len, pairs, generator, task)
+            far = beyond_segment(batch, pairs, segment_len).to(device)
+            batch = batch.to(device)
+            loss, correct = per_token_loss_and_correct(model, batch, device)
+            hits, count = hits + float(correct[batch.mask].sum()), count + float(batch.mask.sum())
+            far_hits, far_count = far_hits + float(correct[far].sum()), far_count + float(far.sum())
+            losses.append(float(loss[batch.mask].mean()))
+        accuracy[pairs] = hits / count
+        beyond[pairs] = far_hits / far_count if far_count else None
+    model.train(was_training)
+    return {"accuracy": accuracy, "beyond_segment": beyond, "loss": sum(losses) / len(losses),
+            "mean_accuracy": sum(accuracy.values()) / len(accuracy)}
+
+
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, batches: list[Batch], device: torch.device | str = "cpu") -> dict[str, float]:
     """Validation loss over ``batches``: ``{"loss": nats per byte, "bpb": bits per byte = loss / ln 2}``."""
@@ -106,4 +150,7 @@ def evaluate(model: nn.Module, cfg: TrainConfig, data: TaskData, device: torch.d
         distances = cfg.eval_distances or default_eval_distances(cfg.seq_len, cfg.num_facts)
         return evaluate_recall(model, distances, cfg.seq_len, cfg.num_facts, cfg.batch_size,
                                cfg.eval_batches, device, task=cfg.recall_task)
+    if cfg.task == "mqar":
+        return evaluate_mqar(model, cfg.seq_len, cfg.num_facts, cfg.segment_len, cfg.batch_size,
+                             cfg.eval_batches, device, task=cfg.recall_task)
     return evaluate_lm(model, lm_eval_batches(data.val_tokens, cfg.batch_size, cfg.seq_len, cfg.eval_batches), device)

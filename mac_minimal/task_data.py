@@ -1,4 +1,4 @@
-"""The batches a run trains on, from its config: the recall task or a text corpus.
+"""The batches a run trains on, from its config: the recall task, MQAR or a text corpus.
 
 :mod:`mac_minimal.data` makes the batches; this module picks them for a :class:`TrainConfig`.
 Each rank draws its batches from its own generator (seeded by :func:`data_seed`), whose state
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mac_minimal.data import Batch, lm_batch, read_corpus, recall_batch, recall_distance_range, split_corpus
+from mac_minimal.data import (Batch, lm_batch, mqar_batch, read_corpus, recall_batch, recall_distance_range,
+                             split_corpus)
 from mac_minimal.train_config import TrainConfig
 
 __all__ = ["DataError", "TaskData", "prepare_data", "data_seed", "make_batch"]
@@ -37,7 +38,7 @@ def prepare_data(cfg: TrainConfig) -> TaskData:
     Raises :class:`DataError` unless each part holds a window of ``seq_len + 1`` bytes (training
     draws windows from the first part, evaluation reads them from the second).
     """
-    if cfg.task == "recall":
+    if cfg.task in ("recall", "mqar"):
         return TaskData(cfg.recall_task.vocab_size)
     text, digest = read_corpus(cfg.data, cfg.max_bytes)
     train_tokens, val_tokens = split_corpus(text)
@@ -58,9 +59,13 @@ def data_seed(seed: int, rank: int) -> int:
 def make_batch(cfg: TrainConfig, data: TaskData, generator: torch.Generator) -> Batch:
     """One training batch, (batch_size, seq_len) tokens. Recall: a distance drawn uniformly from the
     whole range the sequence length allows, so the model meets every distance it is evaluated on.
+    MQAR: a number of pairs drawn uniformly from 1 to ``num_facts`` (every count it is evaluated at).
     LM: random windows of the training bytes."""
     if cfg.task == "recall":
         low, high = recall_distance_range(cfg.seq_len, cfg.num_facts)
         distance = int(torch.randint(low, high + 1, (1,), generator=generator))
         return recall_batch(cfg.batch_size, cfg.seq_len, distance, cfg.num_facts, generator, cfg.recall_task)
+    if cfg.task == "mqar":
+        pairs = int(torch.randint(1, cfg.num_facts + 1, (1,), generator=generator))
+        return mqar_batch(cfg.batch_size, cfg.seq_len, pairs, generator, cfg.recall_task)
     return lm_batch(data.train_tokens, cfg.batch_size, cfg.seq_len, generator)

@@ -1,9 +1,10 @@
 """Chapter 8's training loop. Its command line is ``python -m mac_minimal --help`` (:mod:`~mac_minimal.cli`).
 
-Trains ``mac``, ``mac_no_memory`` or ``full_attention`` at one parameter budget
-(:mod:`~mac_minimal.train_config`) on ``recall`` (key-value facts far back in filler, accuracy on
-the answers, swept over distance) or ``lm`` (bytes of the Python standard library or of any file,
-validation bits per byte), on a CPU, a GPU, or under ``torchrun`` on several GPUs.
+Trains ``mac``, ``mac_no_memory``, ``full_attention``, ``mag``, ``mal`` or ``swa`` at one parameter
+budget (:mod:`~mac_minimal.train_config`) on ``recall`` (key-value facts far back in filler, accuracy
+on the answers, swept over distance), ``mqar`` (many pairs, each asked once, accuracy against the
+number of pairs) or ``lm`` (bytes of the Python standard library or of any file, validation bits
+per byte), on a CPU, a GPU, or under ``torchrun`` on several GPUs.
 
 Every training choice, briefly:
 
@@ -189,7 +190,7 @@ def evaluate_and_save(run: Run, step: int) -> dict[str, Any]:
     save_checkpoint(cfg.checkpoint_path, checkpoint_contents(step, cfg, run.config, run.model, run.optimizer,
                                                              run.scheduler, rng))
     summary = result.get("bpb", result.get("mean_accuracy"))
-    tqdm.write(f"step {step}: {'val bpb' if cfg.task == 'lm' else 'recall accuracy'} {summary:.4f}")
+    tqdm.write(f"step {step}: {'val bpb' if cfg.task == 'lm' else f'{cfg.task} accuracy'} {summary:.4f}")
     return result
 
 

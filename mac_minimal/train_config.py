@@ -25,7 +25,7 @@ from torch import nn
 
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
 from mac_minimal.checks import require_int, require_number, require_positive_int
-from mac_minimal.data import RecallTask, recall_distance_range
+from mac_minimal.data import RecallTask, mqar_min_length, recall_distance_range
 from mac_minimal.layers import num_parameters
 from mac_minimal.mag import MAGConfig, MAGTransformer
 from mac_minimal.mal import MALConfig, MALTransformer
@@ -34,7 +34,7 @@ from mac_minimal.neural_memory import NeuralMemoryConfig
 
 __all__ = ["TrainConfig", "TASKS", "MODELS", "REFERENCE_MODEL", "count_parameters", "model_config", "build_model"]
 
-TASKS = ("recall", "lm")
+TASKS = ("recall", "mqar", "lm")
 _MAC = MACConfig()
 
 
@@ -120,10 +120,15 @@ class TrainConfig:
         require_number("weight_decay", self.weight_decay, low=0.0, closed=True)
         require_int("warmup_steps", self.warmup_steps, minimum=0)
         _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, ..., memory_scale_init
+        if self.task == "mqar" and self.seq_len < mqar_min_length(self.num_facts):
+            raise ValueError(f"seq_len must be >= {mqar_min_length(self.num_facts)} for --task mqar with "
+                             f"num_facts={self.num_facts} (the pairs, then two tokens per query), got {self.seq_len}")
+        if self.task in ("recall", "mqar") and self.num_facts > self.num_keys:
+            raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
+                             f"own), got {self.num_facts}")
+        if self.eval_distances is not None and self.task != "recall":
+            raise ValueError(f"eval_distances are distances of --task recall, got --task {self.task}")
         if self.task == "recall":
-            if self.num_facts > self.num_keys:
-                raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
-                                 f"own), got {self.num_facts}")
             low, high = recall_distance_range(self.seq_len, self.num_facts)
             if any(not low <= d <= high for d in self.eval_distances or []):
                 raise ValueError(f"eval_distances must lie in [{low}, {high}] for seq_len={self.seq_len}, "

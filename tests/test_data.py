@@ -5,8 +5,8 @@ import hashlib
 import pytest
 import torch
 
-from mac_minimal.data import (KEY, QUERY, VALUE, RecallTask, lm_batch, lm_eval_batches, read_corpus,
-                              recall_batch, recall_distance_range, split_corpus, stdlib_files)
+from mac_minimal.data import (KEY, QUERY, VALUE, RecallTask, lm_batch, lm_eval_batches, mqar_batch, mqar_min_length,
+                              read_corpus, recall_batch, recall_distance_range, split_corpus, stdlib_files)
 
 TASK = RecallTask(num_keys=8, num_values=6, num_filler=5)
 
@@ -138,3 +138,40 @@ def test_split_and_lm_batches():
         lm_batch(val, 1, 20, torch.Generator())
     with pytest.raises(ValueError, match="val_fraction"):
         split_corpus(data, 1.0)
+
+
+# --- multi-query associative recall ------------------------------------------------------------
+
+def test_mqar_pairs_open_the_stream_and_every_key_is_asked_once_for_its_value():
+    task, pairs = RecallTask(), 5
+    batch = mqar_batch(16, 40, pairs, torch.Generator().manual_seed(3), task)
+    assert batch.inputs.shape == batch.targets.shape == batch.mask.shape == (16, 40)
+    assert (batch.mask.sum(1) == pairs).all() and not batch.mask[:, : 2 * pairs].any()
+    for row in range(16):
+        keys, values = batch.inputs[row, 0 : 2 * pairs : 2], batch.inputs[row, 1 : 2 * pairs : 2]
+        assert len(set(keys.tolist())) == pairs
+        assert ((keys >= task.key_start) & (keys < task.value_start)).all()
+        assert ((values >= task.value_start) & (values < task.filler_start)).all()
+        answer_of = dict(zip(keys.tolist(), values.tolist()))
+        asked = batch.inputs[row][batch.mask[row]].tolist()
+        assert sorted(asked) == sorted(answer_of)                       # each key asked exactly once
+        assert batch.targets[row][batch.mask[row]].tolist() == [answer_of[k] for k in asked]
+        rest = batch.inputs[row, 2 * pairs :]
+        query_or_answer = batch.mask[row, 2 * pairs :] | torch.roll(batch.mask[row, 2 * pairs :], 1)
+        assert (rest[~query_or_answer] >= task.filler_start).all()      # filler everywhere else
+
+
+def test_mqar_batches_are_a_function_of_the_seed_and_queries_move():
+    a = mqar_batch(8, 64, 4, torch.Generator().manual_seed(0))
+    b = mqar_batch(8, 64, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.mask, b.mask)
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in a.mask}) > 1   # places differ by row
+
+
+def test_mqar_errors_name_what_was_expected():
+    with pytest.raises(ValueError, match="seq_len must be >= 15 for num_pairs=4"):
+        mqar_batch(2, 14, 4, torch.Generator())
+    with pytest.raises(ValueError, match="num_pairs must be <= task.num_keys=32"):
+        mqar_batch(2, 200, 33, torch.Generator())
+    with pytest.raises(ValueError, match="num_pairs must be an int >= 1"):
+        mqar_min_length(0)

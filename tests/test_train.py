@@ -14,8 +14,9 @@ import mac_minimal.cli as cli_module
 import mac_minimal.train as train_module
 from mac_minimal.checkpoint import CHECKPOINT_KEYS, CheckpointError, save_checkpoint, load_trained_model
 from mac_minimal.cli import main, parse_args
-from mac_minimal.data import KEY, QUERY, VALUE, RecallTask, lm_eval_batches, read_corpus, recall_batch
-from mac_minimal.evaluation import compute_loss, evaluate_lm, evaluate_recall
+from mac_minimal.data import KEY, QUERY, VALUE, Batch, RecallTask, lm_eval_batches, read_corpus, recall_batch
+from mac_minimal.evaluation import (beyond_segment, compute_loss, evaluate_lm, evaluate_mqar, evaluate_recall,
+                                   mqar_pair_counts)
 from mac_minimal.mag import MAGTransformer
 from mac_minimal.mal import MALTransformer
 from mac_minimal.metrics import read_metrics
@@ -83,6 +84,48 @@ def test_evaluate_recall_scores_an_oracle_perfect_and_a_constant_model_at_zero()
     zero = evaluate_recall(Constant(RecallTask().vocab_size), [8], seq_len=32, num_facts=2, batch_size=3,
                            num_batches=1)
     assert zero["accuracy"] == {8: 0.0} and zero["loss"] == pytest.approx(math.log(RecallTask().vocab_size))
+
+
+class PairOracle(torch.nn.Module):
+    """MQAR's oracle: at every key that appeared before as a pair's key, logit 10 on that pair's value."""
+
+    def __init__(self, task=RecallTask()):
+        super().__init__()
+        self.task = task
+
+    def forward(self, tokens, state=None):
+        logits = torch.zeros(*tokens.shape, self.task.vocab_size)
+        for row, seq in enumerate(tokens.tolist()):
+            pairs = {}
+            for t, token in enumerate(seq):
+                if token in pairs:
+                    logits[row, t, pairs[token]] = 10.0
+                elif self.task.key_start <= token < self.task.value_start and t + 1 < len(seq):
+                    pairs[token] = seq[t + 1]
+        return logits, None
+
+
+def test_evaluate_mqar_scores_an_oracle_perfect_by_pair_count_and_a_constant_at_zero():
+    result = evaluate_mqar(PairOracle(), seq_len=40, max_pairs=8, segment_len=8, batch_size=3, num_batches=2)
+    assert result["accuracy"] == {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0} and result["mean_accuracy"] == 1.0
+    assert result["beyond_segment"] == {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0}
+    zero = evaluate_mqar(Constant(RecallTask().vocab_size), seq_len=40, max_pairs=3, segment_len=8, batch_size=3,
+                         num_batches=1)
+    assert list(zero["accuracy"]) == [1, 2, 3] and set(zero["accuracy"].values()) == {0.0}
+
+
+def test_beyond_segment_marks_the_queries_in_a_later_segment_than_their_pair():
+    task = RecallTask()
+    k, v, f = task.key_start, task.value_start, task.filler_start
+    #          0  1      2      3      4  5  6  7     8: asks k+1    9      10: asks k
+    stream = [k, v, k + 1, v + 1, f, k, v, f, k + 1, v + 1, k, v]
+    inputs = torch.tensor([stream[:-1]])
+    mask = torch.zeros_like(inputs, dtype=torch.bool)
+    mask[0, [5, 8, 10]] = True
+    batch = Batch(inputs, torch.tensor([stream[1:]]), mask)
+    assert beyond_segment(batch, num_pairs=2, segment_len=4).nonzero()[:, 1].tolist() == [5, 8, 10]
+    assert beyond_segment(batch, num_pairs=2, segment_len=8).nonzero()[:, 1].tolist() == [8, 10]
+    assert mqar_pair_counts(8) == [1, 2, 4, 8] and mqar_pair_counts(6) == [1, 2, 4, 6] and mqar_pair_counts(1) == [1]
 
 
 def test_loss_counts_only_the_answers():
