@@ -127,7 +127,8 @@ class TrainConfig:
             raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
                              f"own), got {self.num_facts}")
         if self.eval_distances is not None and self.task != "recall":
-            raise ValueError(f"eval_distances are distances of --task recall, got --task {self.task}")
+            raise ValueError(f"eval_distances must be left out for --task {self.task} (they are distances of "
+                             f"--task recall), got {self.eval_distances}")
         if self.task == "recall":
             low, high = recall_distance_range(self.seq_len, self.num_facts)
             if any(not low <= d <= high for d in self.eval_distances or []):

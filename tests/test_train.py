@@ -342,7 +342,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_lm_run_records_the_corpus_hash_and_bits_per_byte(tmp_path):
-    cfg = tiny(tmp_path, task="lm", max_bytes=20_000, steps=2, eval_every=2)
+    cfg = tiny(tmp_path, task="lm", eval_distances=None, max_bytes=20_000, steps=2, eval_every=2)
     result = train(cfg)
     start = read_metrics(cfg.metrics_path, "start")[0]
     assert start["data_sha256"] == read_corpus(max_bytes=20_000)[1] and start["data_bytes"] == 20_000
@@ -385,7 +385,9 @@ def test_bad_arguments_are_rejected(capsys):
     (["--carry-state", "0"], "--carry-state", "> 0"), (["--carry-state", "1.5"], "--carry-state", "<= 1"),
     (["--carry-state", "0.5", "--model", "full_attention"], "--carry-state", "--model mac"),
     (["--carry-state", "0.5", "--seq-len", "100"], "--carry-state", "multiple of segment_len"),
-    (["--carry-state", "0.5", "--model", "mag"], "--carry-state", "--model mac")])
+    (["--carry-state", "0.5", "--model", "mag"], "--carry-state", "--model mac"),
+    (["--task", "mqar", "--eval-distances", "4"], "--eval-distances", "--task recall"),
+    (["--task", "mqar", "--num-facts", "8", "--seq-len", "30"], "--seq-len", ">= 31")])
 def test_every_bad_argument_gets_one_line_and_status_2(capsys, args, flag, expected):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(args)
