@@ -92,6 +92,12 @@ CONTINUED = {
     # or 1/4 (512 tokens) per step; every fact is still asked at most 124 tokens after it was written
     "alpha-10-3000-then128-carry16": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.0625)),
     "alpha-10-3000-then128-carry4": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.25)),
+    # the memory carried and each fact asked at the end of every window of its episode (1 to E windows of
+    # 128 tokens: questions up to 1,024 or 2,048 tokens after the fact); memories restart at half the episodes
+    "alpha-10-3000-then128-episodes8": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.5,
+                                                                      episode_windows=8)),
+    "alpha-10-3000-then128-episodes16": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.5,
+                                                                       episode_windows=16)),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }

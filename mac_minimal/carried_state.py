@@ -14,6 +14,14 @@ Every window is an ordinary recall batch (its fact and its question inside it); 
 it are, for the current fact, filler holding stale facts. The carried state needs window edges
 on segment and chunk edges (``seq_len`` a multiple of both), where the segment cache is empty and
 the memory between chunks, so that a restarted row and a carried one have the same shapes.
+
+A window that holds its own fact asks about nothing older, so a carried memory gives training a
+reason to forget: the stale facts only get in the way. :class:`RecallEpisodes`
+(``--episode-windows E``) asks across windows instead: an episode of one fact lasts 1 to ``E``
+windows (uniformly), its fact is written in its first window and asked at the end of every window
+of it, so the question comes up to ``E * seq_len`` tokens after the fact while the gradient still
+spans one window. A row's memory restarts only where an episode starts (with probability ``P``),
+never in the middle of one.
 """
 
 from typing import Any
@@ -21,9 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mac_minimal.data import KEY, QUERY, VALUE, Batch, RecallTask
 from mac_minimal.model import MACState
 
-__all__ = ["detach_state", "restart_rows", "next_state"]
+__all__ = ["detach_state", "restart_rows", "next_state", "RecallEpisodes"]
 
 
 def _map(function: Any, item: Any) -> Any:
@@ -68,14 +77,48 @@ def _zip_map(function: Any, carried: Any, fresh: Any) -> Any:
     return carried
 
 
-def next_state(model: Any, state: MACState | None, batch_size: int, restart_probability: float,
-               generator: torch.Generator) -> MACState:
-    """The state the next batch starts from: ``state`` detached, each row restarted (fresh memory)
-    with probability ``restart_probability``, drawn from ``generator``; every row fresh when
-    ``state`` is None (the first batch). ``model`` is a :class:`~mac_minimal.model.MACTransformer`."""
-    fresh = model.init_state(batch_size)
-    if state is None:
-        return fresh
-    restart = torch.rand(batch_size, generator=generator) < restart_probability
-    device = fresh.layers[0].keys.device
-    return restart_rows(detach_state(state), fresh, restart.to(device))
+def next_state(model: Any, state: MACState, restart: Tensor) -> MACState:
+    """The state the next batch starts from: ``state`` detached, row ``i`` restarted (a fresh memory)
+    where ``restart[i]`` (bool (b,)). ``model`` is a :class:`~mac_minimal.model.MACTransformer`."""
+    fresh = model.init_state(restart.shape[0])
+    return restart_rows(detach_state(state), fresh, restart.to(fresh.layers[0].keys.device))
+
+
+class RecallEpisodes:
+    """One-fact recall episodes that run across consecutive windows, one episode per batch row.
+
+    ``next(generator)`` returns the next window of every row, a :class:`~mac_minimal.data.Batch` of
+    (b, seq_len) tokens, and ``starts`` (bool (b,)): the rows whose episode began in this window.
+    A window is filler that ends with the question ``QUERY k VALUE`` (the target of its last token
+    is the episode's value ``v``); an episode's first window also holds the fact ``KEY k VALUE v``,
+    ``d`` tokens before the question's start, ``d`` uniform in ``[4, seq_len - 3]`` (the range of
+    :func:`~mac_minimal.data.recall_distance_range`). So in window ``w`` of an episode the answer is
+    ``d + w * seq_len`` tokens after the fact. Episodes last 1 to ``max_windows`` windows, uniformly.
+    """
+
+    def __init__(self, batch_size: int, seq_len: int, max_windows: int, task: RecallTask = RecallTask()) -> None:
+        self.batch_size, self.seq_len, self.max_windows, self.task = batch_size, seq_len, max_windows, task
+        self.windows_left = torch.zeros(batch_size, dtype=torch.long)      # 0: the row starts a new episode
+        self.keys = torch.zeros(batch_size, dtype=torch.long)
+        self.values = torch.zeros(batch_size, dtype=torch.long)
+
+    def next(self, generator: torch.Generator) -> tuple[Batch, Tensor]:
+        b, n, task = self.batch_size, self.seq_len, self.task
+        starts = self.windows_left == 0
+        self.windows_left[starts] = torch.randint(1, self.max_windows + 1, (b,), generator=generator)[starts]
+        self.keys[starts] = torch.randint(task.key_start, task.value_start, (b,), generator=generator)[starts]
+        self.values[starts] = torch.randint(task.value_start, task.filler_start, (b,), generator=generator)[starts]
+        stream = torch.randint(task.filler_start, task.vocab_size, (b, n + 1), generator=generator)
+        question = n + 1 - 4                                              # QUERY k VALUE v: the last 4 tokens
+        distance = torch.randint(4, n - 2, (b,), generator=generator)     # [4, n - 3]
+        rows = starts.nonzero().flatten()
+        fact = (question - distance[rows]).unsqueeze(1) + torch.arange(4)  # (r, 4) positions of the fact
+        block = torch.stack((torch.full_like(self.keys, KEY), self.keys, torch.full_like(self.keys, VALUE),
+                             self.values), dim=1)                           # (b, 4)
+        stream[rows.unsqueeze(1), fact] = block[rows]
+        stream[:, question:] = torch.stack((torch.full_like(self.keys, QUERY), self.keys,
+                                            torch.full_like(self.keys, VALUE), self.values), dim=1)
+        mask = torch.zeros(b, n, dtype=torch.bool)
+        mask[:, n - 1] = True                                             # inputs[n-1] = VALUE, target = v
+        self.windows_left -= 1
+        return Batch(stream[:, :-1], stream[:, 1:], mask), starts

@@ -164,6 +164,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="mac: carry the memory from each batch to the next (truncated backpropagation through "
                         "time, mac_minimal.carried_state), each row restarting fresh with probability P per "
                         "step; default: every batch starts fresh")
+    g.add_argument("--episode-windows", type=int, default=d.episode_windows, metavar="E",
+                   help="recall with --carry-state: each row's fact is asked at the end of every window for "
+                        "1 to E windows (mac_minimal.carried_state.RecallEpisodes); memories restart only "
+                        "where an episode starts")
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
     except ValueError as error:

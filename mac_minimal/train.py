@@ -33,8 +33,10 @@ Every training choice, briefly:
 * **``--carry-state P``** (off by default; ``mac`` only): each batch continues the streams of the
   last one, the memory carried over and detached (truncated backpropagation through time,
   :mod:`~mac_minimal.carried_state`), each row restarting fresh with probability ``P`` per step, so
-  the memory meets the long histories it will meet on long streams. The carried state is not
-  checkpointed: a resumed run restarts every stream fresh.
+  the memory meets the long histories it will meet on long streams. With ``--episode-windows E``
+  each row's fact is asked at the end of every window for 1 to ``E`` windows
+  (:class:`~mac_minimal.carried_state.RecallEpisodes`), so questions reach back across the cut.
+  The carried state and the episodes are not checkpointed: a resumed run restarts them fresh.
 * **Distributed data parallel** (:mod:`~mac_minimal.runtime`): under ``torchrun
   --nproc_per_node=N`` each process trains on its own data stream, gradients are averaged across
   processes, and only rank 0 writes.
@@ -63,7 +65,7 @@ from mac_minimal.checkpoint import (CheckpointError, checkpoint_contents, load_c
                                     save_checkpoint)
 from mac_minimal.compiled import compile_regions
 from mac_minimal.data import Batch
-from mac_minimal.carried_state import next_state
+from mac_minimal.carried_state import RecallEpisodes, next_state
 from mac_minimal.evaluation import evaluate, loss_and_state
 from mac_minimal.layers import num_parameters
 from mac_minimal.metrics import start_metrics, write_metrics
@@ -178,6 +180,23 @@ def start_run(cfg: TrainConfig, runtime: Runtime) -> tuple[Run, int]:
     return Run(cfg, runtime, data, config, model, trained, optimizer, scheduler, generator), step
 
 
+def next_batch(run: Run, episodes: RecallEpisodes | None, state: Any) -> tuple[Batch, Any]:
+    """The next training batch and the state the model starts it from: None (fresh) by default;
+    with ``--carry-state P`` the last batch's state, each row restarted with probability ``P``
+    (with ``--episode-windows``: only where its episode starts)."""
+    cfg = run.cfg
+    if episodes is not None:
+        batch, starts = episodes.next(run.generator)
+    else:
+        batch, starts = make_batch(cfg, run.data, run.generator), torch.ones(cfg.batch_size, dtype=torch.bool)
+    if cfg.carry_state is None:
+        return batch, None
+    if state is None:                                                   # the first batch
+        return batch, run.model.init_state(cfg.batch_size)
+    restart = starts & (torch.rand(cfg.batch_size, generator=run.generator) < cfg.carry_state)
+    return batch, next_state(run.model, state, restart)
+
+
 def evaluate_and_save(run: Run, step: int) -> dict[str, Any]:
     """Evaluate and checkpoint on rank 0 (every rank must call it: the random states are gathered);
     returns the evaluation (empty on other ranks)."""
@@ -219,14 +238,15 @@ def train_loop(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     result = evaluate_and_save(run, 0) if step == 0 else {}  # the untrained score starts every curve
     started, window_loss, window_time, train_time, first_step = time.perf_counter(), [], 0.0, 0.0, step
     state = None                                 # the model's state carried between batches (--carry-state)
+    episodes = (None if cfg.episode_windows is None
+                else RecallEpisodes(cfg.batch_size, cfg.seq_len, cfg.episode_windows, cfg.recall_task))
     tokens_per_step = cfg.batch_size * cfg.seq_len * runtime.world_size
     bar = tqdm(total=cfg.steps, initial=step, disable=True if not (cfg.progress and runtime.is_main) else None,
                unit="step", dynamic_ncols=True)
     while step < cfg.steps:
         tick = time.perf_counter()
-        batch = make_batch(cfg, run.data, run.generator).to(runtime.device)
-        state = (None if cfg.carry_state is None     # a fresh state, or the last batch's streams continued
-                 else next_state(run.model, state, cfg.batch_size, cfg.carry_state, run.generator))
+        batch, state = next_batch(run, episodes, state)
+        batch = batch.to(runtime.device)
         try:
             loss, grad_norm, state = train_step(run.trained, run.optimizer, run.scheduler, batch, cfg, runtime,
                                                 step, state)

@@ -88,6 +88,7 @@ class TrainConfig:
     progress: bool = True
     compile: bool = False                            # torch.compile every repeating region (compiled.py)
     carry_state: float | None = None                 # restart probability per row and step (carried_state.py)
+    episode_windows: int | None = None               # recall episodes across windows (carried_state.py)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -99,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.carry_state is not None:
             self._check_carry_state()
+        if self.episode_windows is not None:
+            require_positive_int("episode_windows", self.episode_windows)
+            if self.carry_state is None or self.task != "recall" or self.num_facts != 1:
+                raise ValueError("episode_windows must come with --carry-state, --task recall and --num-facts 1 "
+                                 "(one fact asked across carried windows), got "
+                                 f"carry_state={self.carry_state}, task={self.task}, num_facts={self.num_facts}")
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
         if self.data is not None and not (os.path.isfile(self.data) and os.access(self.data, os.R_OK)):

@@ -4,12 +4,15 @@ with one long call, and the trainer end to end."""
 import pytest
 import torch
 
-from mac_minimal.carried_state import detach_state, next_state, restart_rows
+from mac_minimal.carried_state import RecallEpisodes, detach_state, next_state, restart_rows
+from mac_minimal.data import KEY, QUERY, VALUE, RecallTask
 from mac_minimal.cli import parse_args
 from mac_minimal.metrics import read_metrics
 from mac_minimal.model import MACConfig, MACTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig
+import mac_minimal.train as train_module
 from mac_minimal.train import train
+from mac_minimal.train_config import build_model
 
 
 def small_mac() -> MACTransformer:
@@ -31,9 +34,8 @@ def tensors(state):
 def test_carrying_the_state_gives_the_logits_of_one_long_call():
     model, tokens = small_mac(), torch.randint(0, 11, (3, 16))
     whole, _ = model(tokens)
-    state = next_state(model, None, 3, 0.5, torch.Generator().manual_seed(0))    # first batch: fresh
-    first, state = model(tokens[:, :8], state)
-    carried = restart_rows(detach_state(state), model.init_state(3), torch.zeros(3, dtype=torch.bool))
+    first, state = model(tokens[:, :8], model.init_state(3))
+    carried = next_state(model, state, torch.zeros(3, dtype=torch.bool))
     second, _ = model(tokens[:, 8:], carried)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=0, atol=1e-10)
 
@@ -63,15 +65,12 @@ def test_the_carried_state_is_cut_from_the_last_batch_graph():
         model(tokens, state)[0].sum().backward()
 
 
-def test_restart_probability_one_restarts_every_row_and_a_small_one_few():
-    model, tokens = small_mac(), torch.randint(0, 11, (64, 8))
+def test_restarted_rows_get_the_learned_initial_memory():
+    model, tokens = small_mac(), torch.randint(0, 11, (4, 8))
     _, state = model(tokens)
-    fresh = next_state(model, state, 64, 1.0, torch.Generator().manual_seed(0))
-    for got, want in zip(tensors(fresh), tensors(model.init_state(64))):
+    fresh = next_state(model, state, torch.ones(4, dtype=torch.bool))
+    for got, want in zip(tensors(fresh), tensors(model.init_state(4))):
         torch.testing.assert_close(got, want.expand_as(got), rtol=0, atol=0)
-    weights = next_state(model, state, 64, 0.1, torch.Generator().manual_seed(0)).layers[0].memory.weights[0]
-    restarted = (weights == model.init_state(64).layers[0].memory.weights[0]).flatten(1).all(1)
-    assert 1 <= int(restarted.sum()) <= 16                             # about 6 of 64
 
 
 def test_shapes_that_differ_are_named():
@@ -81,13 +80,58 @@ def test_shapes_that_differ_are_named():
         restart_rows(half_segment, model.init_state(2), torch.tensor([True, False]))
 
 
-@pytest.mark.parametrize("carry", [None, 0.25])
+def test_an_episode_writes_its_fact_once_and_asks_it_at_the_end_of_each_of_its_windows():
+    task, n = RecallTask(), 24
+    episodes, generator = RecallEpisodes(64, n, max_windows=3, task=task), torch.Generator().manual_seed(0)
+    windows = [episodes.next(generator) for _ in range(12)]
+    lengths = []
+    for row in range(64):
+        age = None                                         # windows since the row's episode began
+        for batch, starts in windows:
+            inputs, target = batch.inputs[row], batch.targets[row][batch.mask[row]]
+            assert batch.mask[row].nonzero().flatten().tolist() == [n - 1]
+            assert inputs[n - 3].item() == QUERY and inputs[n - 1].item() == VALUE
+            key = inputs[n - 2].item()
+            facts = [t for t in range(n - 4) if inputs[t] == KEY]
+            if starts[row]:
+                if age is not None:
+                    lengths.append(age + 1)                                 # the episode that ended
+                age, episode = 0, (key, target.item())
+                assert len(facts) == 1 and inputs[facts[0] + 1] == key and inputs[facts[0] + 3] == target
+                assert 4 <= (n - 3) - facts[0] <= n - 3                     # the distance range of the task
+            else:
+                age += 1
+                assert facts == [] and (key, target.item()) == episode    # the same fact, asked again
+            assert task.key_start <= key < task.value_start
+    assert set(lengths) == {1, 2, 3}                                      # 1 .. max_windows windows
+
+
+def test_with_episodes_rows_restart_exactly_where_an_episode_starts(tmp_path):
+    cfg = parse_args(["--dim", "16", "--depth", "1", "--heads", "2", "--segment-len", "8", "--chunk-size", "4",
+                      "--num-persistent", "2", "--seq-len", "16", "--batch-size", "32", "--num-facts", "1",
+                      "--carry-state", "1", "--episode-windows", "4", "--out", str(tmp_path)])
+    model, _ = build_model(cfg, cfg.recall_task.vocab_size)
+    run = train_module.Run(cfg, None, None, None, model, model, None, None, torch.Generator().manual_seed(0))
+    episodes = RecallEpisodes(32, 16, 4)
+    batch, state = train_module.next_batch(run, episodes, None)
+    initial = model.init_state(32).layers[0].memory.weights[0]
+    for _ in range(4):
+        with torch.no_grad():
+            _, state = model(batch.inputs, state)
+        before = state.layers[0].memory.weights[0]
+        batch, state = train_module.next_batch(run, episodes, state)
+        starts = (batch.inputs == KEY).any(1)                 # a fact in the window: its episode starts here
+        after = state.layers[0].memory.weights[0]
+        assert (after[starts] == initial[starts]).all() and (after[~starts] == before[~starts]).all()
+        assert starts.any() and not starts.all()
+
+
+@pytest.mark.parametrize("carry", [[], ["--carry-state", "0.25"], ["--carry-state", "0.5", "--episode-windows", "3"]])
 def test_the_trainer_carries_the_state_reproducibly(tmp_path, carry):
     args = ["--dim", "16", "--depth", "1", "--heads", "2", "--segment-len", "8", "--chunk-size", "4",
             "--num-persistent", "2", "--seq-len", "32", "--batch-size", "4", "--num-facts", "1", "--steps", "4",
             "--eval-every", "4", "--eval-batches", "1", "--log-every", "1", "--no-progress", "--device", "cpu"]
-    if carry is not None:
-        args += ["--carry-state", str(carry)]
+    args += carry
     runs = []
     for name in ("a", "b"):
         cfg = parse_args(args + ["--out", str(tmp_path / name)])

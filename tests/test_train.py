@@ -387,6 +387,8 @@ def test_bad_arguments_are_rejected(capsys):
     (["--carry-state", "0.5", "--seq-len", "100"], "--carry-state", "multiple of segment_len"),
     (["--carry-state", "0.5", "--model", "mag"], "--carry-state", "--model mac"),
     (["--task", "mqar", "--eval-distances", "4"], "--eval-distances", "--task recall"),
+    (["--episode-windows", "4", "--num-facts", "1"], "--episode-windows", "--carry-state"),
+    (["--episode-windows", "0", "--carry-state", "1"], "--episode-windows", ">= 1"),
     (["--task", "mqar", "--num-facts", "8", "--seq-len", "30"], "--seq-len", ">= 31")])
 def test_every_bad_argument_gets_one_line_and_status_2(capsys, args, flag, expected):
     with pytest.raises(SystemExit) as exit_info:
