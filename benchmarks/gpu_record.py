@@ -3,9 +3,11 @@
 One script for a CUDA machine, about 8 minutes in all (``--budget-s``):
 
 * **training runs**: ``mac``, ``mac_no_memory`` and ``full_attention`` on one-fact recall, four-fact
-  recall and byte-level text, and on one-fact recall also chapter 9's ``mag``, ``mal`` and ``swa``
-  (their sliding window alone), each one ``python -m mac_minimal.train`` command (printed, and stored
-  with its result). The sizes are those of the CPU runs scaled up: width 64 (text 128), sequences of
+  recall, multi-query associative recall (1 to 16 pairs) and byte-level text, on one-fact recall also
+  chapter 9's ``mag``, ``mal`` and ``swa`` (their sliding window alone), and ``mac`` with chapter 8's
+  long-horizon recipe (the memory carried across windows, facts asked across them), evaluated after
+  training on streams 16 times its training length; each one ``python -m mac_minimal.train`` command
+  (printed, and stored with its result). The sizes are those of the CPU runs scaled up: width 64 (text 128), sequences of
   256 tokens in segments of 32, so the evaluation distances reach 8 segments back. Each run gets an
   equal share of the training budget; a run that is not finished by then is stopped and kept with
   ``"finished": false`` (its metrics up to the last evaluation stand); so is one that fails (its
@@ -43,9 +45,10 @@ import time
 
 import torch
 
-from common import (RESULTS, TITANS_SIZED_MAC, mac_config, median_seconds, next_token_loss, set_flags, training_step,
-                    write_json)
+from common import (RESULTS, TITANS_SIZED_MAC, load_recall_run, mac_config, median_seconds, next_token_loss, set_flags,
+                    training_step, write_json)
 from mac_minimal.compiled import compile_regions
+from mac_minimal.evaluation import evaluate_recall
 from mac_minimal.model import MACTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,12 +63,26 @@ TASKS = {   # distances in tokens: 1/2, 1, 2, 4 and ~8 segments of 32
                             "--steps", "1500", "--eval-every", "250"],
     "text": ["--task", "lm", "--max-bytes", "4000000", "--seq-len", "512", "--segment-len", "64",
              "--chunk-size", "64", "--batch-size", "32", "--dim", "128", "--steps", "1500", "--eval-every", "250"],
+    # chapter 8's long-horizon recipe from scratch: the memory carried across 256-token windows, each fact
+    # asked at the end of every window of its episode (1 to 8 windows); then 16x streams (LONG_STREAM)
+    "long_horizon": RECALL + ["--num-facts", "1", "--seq-len", "256", "--eval-distances", "16,32,64,128,252",
+                              "--steps", "1500", "--eval-every", "250", "--memory-scale-init", "0",
+                              "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10", "--carry-state", "0.5",
+                              "--episode-windows", "8"],
+    # chapter 8's multi-query associative recall: 1 to 16 pairs, its optimiser setting (lr 1e-3, 200 warmup)
+    "mqar": ["--task", "mqar", "--num-facts", "16", "--num-values", "32", "--seq-len", "256", "--segment-len", "32",
+             "--chunk-size", "32", "--batch-size", "64", "--dim", "64", "--steps", "1500", "--eval-every", "250",
+             "--lr", "1e-3", "--warmup-steps", "200", "--weight-decay", "0"],
 }
 SMOKE = {"one_fact": dict(seq_len=32, segment_len=8, chunk_size=8, eval_distances="4,28", dim=16, batch_size=4),
          "four_facts": dict(seq_len=40, segment_len=8, chunk_size=8, eval_distances="16,24", dim=16, batch_size=4),
-         "text": dict(seq_len=32, segment_len=8, chunk_size=8, max_bytes=20000, dim=16, batch_size=4)}
+         "text": dict(seq_len=32, segment_len=8, chunk_size=8, max_bytes=20000, dim=16, batch_size=4),
+         "long_horizon": dict(seq_len=32, segment_len=8, chunk_size=8, eval_distances="4,28", dim=16, batch_size=4),
+         "mqar": dict(num_facts=4, seq_len=48, segment_len=8, chunk_size=8, dim=16, batch_size=4)}
 MODELS = ("mac", "mac_no_memory", "full_attention")
-TASK_MODELS = {"one_fact": MODELS + ("mag", "mal", "swa"), "four_facts": MODELS, "text": MODELS}   # chapter 9: one fact
+TASK_MODELS = {"one_fact": MODELS + ("mag", "mal", "swa"), "four_facts": MODELS, "text": MODELS,   # chapter 9: one fact
+               "long_horizon": ("mac",), "mqar": MODELS}
+LONG_STREAM = 16         # long_horizon: evaluated on streams 16x the training length, the fact at every distance
 
 
 def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: float, compiled: bool) -> dict:
@@ -88,13 +105,28 @@ def train_run(model: str, task: str, smoke: bool, out: pathlib.Path, seconds: fl
         shutil.copy(metrics, out / f"{model}-{task}.jsonl")
     evals = [r for r in records if r["event"] == "eval"]
     final = evals[-1] if evals else {}
+    long_stream = long_stream_accuracy(run_dir) if task == "long_horizon" and finished else None
     status = "done" if finished else "timed out" if exit_status is None else f"failed (exit {exit_status})"
     print(f"  {status} in {wall:.0f} s; last evaluation: "
           f"{final.get('accuracy', final.get('bpb'))}", flush=True)
     return {"model": model, "task": task, "command": " ".join(["python", *cmd[1:]]), "finished": finished,
             "exit_status": exit_status,
             "wall_s": round(wall, 1), "steps": max((r["step"] for r in records if "step" in r), default=0),
-            "final": final.get("accuracy", final.get("bpb")), "device": records[0].get("device") if records else None}
+            "final": final.get("accuracy", final.get("bpb")), "device": records[0].get("device") if records else None,
+            **({"beyond_segment": final["beyond_segment"]} if "beyond_segment" in final else {}),
+            **({"long_stream": long_stream} if long_stream else {})}
+
+
+def long_stream_accuracy(run_dir: pathlib.Path) -> dict:
+    """One-fact accuracy of the run's checkpoint on streams LONG_STREAM times its training length, the
+    fact half a segment back, one training length back, and 2, 4, 8 and 16 training lengths back."""
+    model, cfg, _ = load_recall_run(run_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n, long_len = cfg.seq_len, LONG_STREAM * cfg.seq_len
+    distances = sorted({cfg.segment_len // 2, n - 4, *(m * n for m in (2, 4, 8) if m < LONG_STREAM), long_len - 3})
+    scores = evaluate_recall(model.to(device), distances, long_len, 1, 16, 2, device, task=cfg.recall_task)
+    print(f"  on {long_len}-token streams: {scores['accuracy']}", flush=True)
+    return {"stream_len": long_len, "accuracy": scores["accuracy"]}
 
 
 def speed(device: torch.device, smoke: bool, repeats: int, compiled: bool) -> dict:

@@ -30,6 +30,19 @@ def test_gpu_record_smoke_writes_speed_and_runs(tmp_path):
     assert not (tmp_path / "runs").exists()                          # checkpoints are not kept
 
 
+def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar(tmp_path):
+    run("benchmarks/gpu_record.py", "--smoke", "--only", "long_horizon", "mqar", "--out", str(tmp_path))
+    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    assert [(r["model"], r["task"]) for r in runs] == [("mac", "long_horizon"), ("mac", "mqar"),
+                                                      ("mac_no_memory", "mqar"), ("full_attention", "mqar")]
+    assert all(r["finished"] and r["steps"] == 6 for r in runs)
+    long = runs[0]
+    assert "--carry-state" in long["command"] and "--episode-windows" in long["command"]
+    assert long["long_stream"]["stream_len"] == 16 * 32 and max(map(int, long["long_stream"]["accuracy"])) == 509
+    for r in runs[1:]:
+        assert set(r["final"]) == set(r["beyond_segment"]) == {"1", "2", "4"}
+
+
 @pytest.fixture(scope="module")
 def tiny_mac_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mac") / "run"

@@ -1,0 +1,93 @@
+"""More than one fact (chapter 8): multi-query associative recall (Arora et al. 2023, "Zoology").
+
+``--task mqar`` streams of 64 tokens: 1 to 8 key-value pairs (drawn per batch) open the stream, and
+each key is asked once later, at a random place in the filler (:func:`~mac_minimal.data.mqar_batch`).
+Every model is trained with one optimiser setting, the one with which full attention learned the
+task first (lr 1e-3 after 200 warmup steps, no weight decay; with the recall runs' lr 3e-3 it stalls
+at choosing among the stored values, 0.21 with 8 pairs after 1,500 steps), at one parameter budget
+(``--dim``: MAC's width; the others at the width that matches its parameter count).
+
+The evaluation (:func:`~mac_minimal.evaluation.evaluate_mqar`) gives accuracy against the number of
+pairs (1, 2, 4, 8), over all queries and over those asked beyond their pair's segment (8 tokens),
+which attention inside a segment cannot see: there only MAC's memory can answer.
+
+Writes ``book/results/mqar/NAME-sSEED.json`` (the command, its wall time, the evaluation curve and
+the last evaluation) and a copy of the run's ``metrics.jsonl``.
+
+    OMP_NUM_THREADS=1 python benchmarks/mqar.py --only full_attention mac --seeds 0 --jobs 2
+    python benchmarks/mqar.py --list
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import RESULTS, environment, write_json
+from mac_trainability import COMMON
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = RESULTS / "mqar"
+RUNS = ROOT / "runs" / "mqar"
+
+TASK = ["--task", "mqar", "--num-facts", "8", "--num-values", "32", "--seq-len", "64", "--segment-len", "8",
+        "--chunk-size", "8", "--batch-size", "32", "--eval-every", "250", "--eval-batches", "4",
+        "--lr", "1e-3", "--warmup-steps", "200", "--weight-decay", "0"]
+MAC = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10"]
+VARIANTS = {
+    "full_attention": TASK + ["--model", "full_attention", "--dim", "64", "--steps", "1500"],
+    "mac_no_memory": TASK + ["--model", "mac_no_memory", "--dim", "64", "--steps", "1500"],
+    "mac": TASK + MAC + ["--dim", "64", "--steps", "3000", "--compile"],
+}
+
+
+def command(name: str, seed: int) -> list[str]:
+    # COMMON's optimiser flags come first; the task's (lr 1e-3, 200 warmup steps) follow and win
+    return ["python", "-m", "mac_minimal.train", *COMMON, *VARIANTS[name], "--seed", str(seed),
+            "--out", str((RUNS / f"{name}-s{seed}").relative_to(ROOT))]
+
+
+def run(name: str, seed: int) -> dict:
+    cmd = command(name, seed)
+    out = ROOT / cmd[-1]
+    shutil.rmtree(out, ignore_errors=True)
+    print(" ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   env=os.environ | {"OMP_NUM_THREADS": "1"})
+    wall = time.perf_counter() - start
+    evals = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["event"] == "eval"]
+    result = {"variant": name, "seed": seed, "command": " ".join(cmd), "wall_s": round(wall, 1),
+              "environment": environment() | {"threads": 1}, "final": evals[-1],
+              "curve": [{"step": e["step"], "accuracy": e["accuracy"], "beyond_segment": e["beyond_segment"]}
+                        for e in evals]}
+    write_json(OUT / f"{name}-s{seed}.json", result)
+    shutil.copy(out / "metrics.jsonl", OUT / f"{name}-s{seed}.jsonl")
+    print(f"{name} s{seed}: {evals[-1]['accuracy']} (beyond the segment {evals[-1]['beyond_segment']}) "
+          f"in {wall:.0f} s", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--list", action="store_true", help="print the commands and stop")
+    args = parser.parse_args()
+    jobs = [(name, seed) for name in args.only for seed in args.seeds]
+    if args.list:
+        for job in jobs:
+            print(" ".join(command(*job)))
+        return
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda job: run(*job), jobs))
+
+
+if __name__ == "__main__":
+    main()
