@@ -1,6 +1,6 @@
 """Training data for chapter 8, all generated or read locally (nothing is downloaded).
 
-Two tasks:
+Three tasks:
 
 **Long-range recall** (a scaled-down needle in a haystack). A stream of random filler tokens
 holds ``F`` key-value facts; ``distance`` tokens later the same keys are queried in a shuffled
