@@ -76,6 +76,9 @@ VARIANTS = {
     "swa": BASE + ["--model", "swa"],
     "mac_no_memory": BASE + ["--model", "mac_no_memory"],
     "full_attention": BASE + ["--model", "full_attention"],
+    # the baselines trained on 128-token streams, the windows of the episodes recipe (evaluated on 2,048)
+    "mac_no_memory-128": set_flags(BASE, seq_len=128, eval_distances="4,8,16,32,60,124") + ["--model", "mac_no_memory"],
+    "full_attention-128": set_flags(BASE, seq_len=128, eval_distances="4,8,16,32,60,124") + ["--model", "full_attention"],
 }
 # a length curriculum: a finished run of VARIANTS[base], copied and resumed on longer streams for more steps
 CONTINUED = {
@@ -98,6 +101,9 @@ CONTINUED = {
                                                                       episode_windows=8)),
     "alpha-10-3000-then128-episodes16": ("alpha-10-3000-then128", dict(steps=4500, eval_every=250, carry_state=0.5,
                                                                        episode_windows=16)),
+    # episodes of 1-8 windows, then 1,000 steps more with episodes of 1-16 (questions up to 2,045 tokens back)
+    "alpha-10-3000-then128-episodes8-then16": ("alpha-10-3000-then128-episodes8", dict(steps=5500,
+                                                                                       episode_windows=16)),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }
