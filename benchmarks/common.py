@@ -31,7 +31,9 @@ import pathlib
 import platform
 import random
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,7 +49,8 @@ from mac_minimal.model import MACConfig
 from mac_minimal.neural_memory import NeuralMemoryConfig
 from mac_minimal.train_config import TrainConfig
 
-RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "book" / "results"
 
 Job = Callable[[], object]
 
@@ -220,3 +223,16 @@ def load_recall_run(run: pathlib.Path) -> tuple[torch.nn.Module, TrainConfig, in
     """The model a recall run of the trainer left in ``run/checkpoint.pt`` (CPU, eval mode), the
     run's :class:`~mac_minimal.train_config.TrainConfig` and the step the checkpoint was saved at."""
     return load_trained_model(run / "checkpoint.pt")
+
+
+def run_trainer(cmd: list[str]) -> tuple[float, list[dict]]:
+    """Run a recorded trainer command (``python -m mac_minimal.train ... --out DIR``, DIR relative to the
+    repository, emptied first) on one thread; return its wall seconds and its metrics records."""
+    out = ROOT / cmd[cmd.index("--out") + 1]
+    shutil.rmtree(out, ignore_errors=True)
+    print(" ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   env=os.environ | {"OMP_NUM_THREADS": "1"})
+    wall = time.perf_counter() - start
+    return wall, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

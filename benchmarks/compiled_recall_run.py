@@ -13,19 +13,12 @@ step's time, the training tokens/s, and the accuracy curve, so the two curves ca
 """
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, environment, set_flags, write_json
+from common import RESULTS, ROOT, environment, run_trainer, set_flags, write_json
 from mac_trainability import COMMON, ONE_FACT, TRAINABLE
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "compiled_recall_run"
 
 
@@ -38,14 +31,7 @@ def command(steps: int, compiled: bool, seed: int) -> list[str]:
 
 def run(steps: int, compiled: bool, seed: int) -> dict:
     cmd = command(steps, compiled, seed)
-    out = ROOT / cmd[-1]
-    shutil.rmtree(out, ignore_errors=True)
-    print(" ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   env=os.environ | {"OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - start
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    wall, metrics = run_trainer(cmd)
     train = [m for m in metrics if m["event"] == "train"]
     end = next(m for m in metrics if m["event"] == "end")
     first_step_s = train[0]["elapsed_s"] - (train[1]["elapsed_s"] - train[0]["elapsed_s"])  # less one record's time

@@ -19,19 +19,12 @@ the last evaluation) and a copy of the run's ``metrics.jsonl``.
 """
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from common import RESULTS, environment, set_flags, write_json
+from common import RESULTS, ROOT, environment, run_trainer, set_flags, write_json
 from mac_trainability import COMMON
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "mqar"
 RUNS = ROOT / "runs" / "mqar"
 
@@ -56,14 +49,9 @@ def command(name: str, seed: int) -> list[str]:
 
 def run(name: str, seed: int) -> dict:
     cmd = command(name, seed)
+    wall, metrics = run_trainer(cmd)
     out = ROOT / cmd[-1]
-    shutil.rmtree(out, ignore_errors=True)
-    print(" ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   env=os.environ | {"OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - start
-    evals = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["event"] == "eval"]
+    evals = [m for m in metrics if m["event"] == "eval"]
     result = {"variant": name, "seed": seed, "command": " ".join(cmd), "wall_s": round(wall, 1),
               "environment": environment() | {"threads": 1}, "final": evals[-1],
               "curve": [{"step": e["step"], "accuracy": e["accuracy"], "beyond_segment": e["beyond_segment"]}

@@ -123,6 +123,15 @@ def recall_distance_range(seq_len: int, num_facts: int) -> tuple[int, int]:
     return low, high
 
 
+def _filler_keys_values(b: int, length: int, count: int, generator: torch.Generator, task: RecallTask
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """A filler stream (b, length), ``count`` distinct keys per row and a value for each, (b, count) x2."""
+    stream = torch.randint(task.filler_start, task.vocab_size, (b, length), generator=generator)
+    keys = torch.rand(b, task.num_keys, generator=generator).argsort(-1)[:, :count] + task.key_start
+    values = torch.randint(task.value_start, task.filler_start, (b, count), generator=generator)
+    return stream, keys, values
+
+
 def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
                  generator: torch.Generator, task: RecallTask = RecallTask()) -> Batch:
     """A batch of the recall task, a deterministic function of the generator's state.
@@ -140,9 +149,7 @@ def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
         raise ValueError(f"distance must lie in [{low}, {high}] for seq_len={seq_len}, "
                          f"num_facts={num_facts}, got {distance}")
     b, f, length = batch_size, num_facts, seq_len + 1
-    stream = torch.randint(task.filler_start, task.vocab_size, (b, length), generator=generator)
-    keys = torch.rand(b, task.num_keys, generator=generator).argsort(-1)[:, :f] + task.key_start  # distinct
-    values = torch.randint(task.value_start, task.filler_start, (b, f), generator=generator)
+    stream, keys, values = _filler_keys_values(b, length, f, generator, task)
     order = torch.rand(b, f, generator=generator).argsort(-1)  # query j asks fact order[:, j]
 
     def block(marker: int, k: Tensor, v: Tensor) -> Tensor:     # (b, f) x2 -> (b, 4f)
@@ -183,9 +190,7 @@ def mqar_batch(batch_size: int, seq_len: int, num_pairs: int, generator: torch.G
         raise ValueError(f"seq_len must be >= {mqar_min_length(num_pairs)} for num_pairs={num_pairs} (the pairs, "
                          f"then two tokens per query), got {seq_len}")
     b, n_pairs, length = batch_size, num_pairs, seq_len + 1
-    stream = torch.randint(task.filler_start, task.vocab_size, (b, length), generator=generator)
-    keys = torch.rand(b, task.num_keys, generator=generator).argsort(-1)[:, :n_pairs] + task.key_start  # distinct
-    values = torch.randint(task.value_start, task.filler_start, (b, n_pairs), generator=generator)
+    stream, keys, values = _filler_keys_values(b, length, n_pairs, generator, task)
     stream[:, : 2 * n_pairs] = torch.stack((keys, values), dim=-1).reshape(b, 2 * n_pairs)
     num_slots = (length - 2 * n_pairs) // 2
     slots = torch.rand(b, num_slots, generator=generator).argsort(-1)[:, :n_pairs]   # (b, N) distinct slots
