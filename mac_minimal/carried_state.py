@@ -35,19 +35,9 @@ from mac_minimal.model import MACState
 __all__ = ["detach_state", "restart_rows", "next_state", "RecallEpisodes"]
 
 
-def _map(function: Any, item: Any) -> Any:
-    """Apply ``function`` to every tensor in a (nested) state; ints and None pass through."""
-    if isinstance(item, Tensor):
-        return function(item)
-    if isinstance(item, tuple):
-        mapped = [_map(function, i) for i in item]
-        return type(item)(*mapped) if hasattr(item, "_fields") else tuple(mapped)
-    return item
-
-
 def detach_state(state: MACState) -> MACState:
     """The same state cut from the graph of the batch that produced it (the truncation of TBPTT)."""
-    return _map(Tensor.detach, state)
+    return _zip_map(lambda tensor, _: tensor.detach(), state, state)
 
 
 def restart_rows(state: MACState, fresh: MACState, restart: Tensor) -> MACState:
@@ -65,7 +55,8 @@ def restart_rows(state: MACState, fresh: MACState, restart: Tensor) -> MACState:
 
 
 def _zip_map(function: Any, carried: Any, fresh: Any) -> Any:
-    """``function(carried_tensor, fresh_tensor)`` over two states of the same structure."""
+    """``function(carried_tensor, fresh_tensor)`` over two states of the same structure; ints and None
+    pass through from ``carried``."""
     if isinstance(carried, Tensor):
         if carried.shape != fresh.shape:
             raise ValueError(f"a carried state tensor has shape {tuple(carried.shape)} but a fresh one "
