@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mac_minimal.data import KEY, QUERY, VALUE, Batch, RecallTask
+from mac_minimal.data import KEY, QUERY, Batch, RecallTask, fact_block
 from mac_minimal.model import MACState
 
 __all__ = ["detach_state", "restart_rows", "next_state", "RecallEpisodes"]
@@ -104,11 +104,9 @@ class RecallEpisodes:
         distance = torch.randint(4, n - 2, (b,), generator=generator)     # [4, n - 3]
         rows = starts.nonzero().flatten()
         fact = (question - distance[rows]).unsqueeze(1) + torch.arange(4)  # (r, 4) positions of the fact
-        block = torch.stack((torch.full_like(self.keys, KEY), self.keys, torch.full_like(self.keys, VALUE),
-                             self.values), dim=1)                           # (b, 4)
-        stream[rows.unsqueeze(1), fact] = block[rows]
-        stream[:, question:] = torch.stack((torch.full_like(self.keys, QUERY), self.keys,
-                                            torch.full_like(self.keys, VALUE), self.values), dim=1)
+        keys, values = self.keys.unsqueeze(1), self.values.unsqueeze(1)          # (b, 1)
+        stream[rows.unsqueeze(1), fact] = fact_block(KEY, keys, values)[rows]
+        stream[:, question:] = fact_block(QUERY, keys, values)
         mask = torch.zeros(b, n, dtype=torch.bool)
         mask[:, n - 1] = True                                             # inputs[n-1] = VALUE, target = v
         self.windows_left -= 1

@@ -55,8 +55,9 @@ from torch import Tensor
 
 from mac_minimal.checks import require_positive_int
 
-__all__ = ["Batch", "RecallTask", "KEY", "VALUE", "QUERY", "recall_distance_range", "recall_batch",
-           "mqar_min_length", "mqar_batch", "stdlib_files", "read_corpus", "split_corpus", "lm_batch", "lm_eval_batches"]
+__all__ = ["Batch", "RecallTask", "KEY", "VALUE", "QUERY", "recall_distance_range", "fact_block", "recall_batch",
+           "mqar_min_length", "mqar_batch", "stdlib_files", "read_corpus", "split_corpus", "lm_batch",
+           "lm_eval_batches"]
 
 KEY, VALUE, QUERY = 0, 1, 2
 TOKENS_PER_FACT = 4  # KEY k VALUE v (a query is QUERY k VALUE v)
@@ -132,6 +133,13 @@ def _filler_keys_values(b: int, length: int, count: int, generator: torch.Genera
     return stream, keys, values
 
 
+def fact_block(marker: int, keys: Tensor, values: Tensor) -> Tensor:
+    """``marker k1 VALUE v1 marker k2 VALUE v2 ...``: keys and values (b, f) -> tokens (b, 4f); the
+    marker is KEY for a fact, QUERY for its question."""
+    tokens = (torch.full_like(keys, marker), keys, torch.full_like(keys, VALUE), values)
+    return torch.stack(tokens, dim=-1).flatten(1)
+
+
 def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
                  generator: torch.Generator, task: RecallTask = RecallTask()) -> Batch:
     """A batch of the recall task, a deterministic function of the generator's state.
@@ -151,15 +159,10 @@ def recall_batch(batch_size: int, seq_len: int, distance: int, num_facts: int,
     b, f, length = batch_size, num_facts, seq_len + 1
     stream, keys, values = _filler_keys_values(b, length, f, generator, task)
     order = torch.rand(b, f, generator=generator).argsort(-1)  # query j asks fact order[:, j]
-
-    def block(marker: int, k: Tensor, v: Tensor) -> Tensor:     # (b, f) x2 -> (b, 4f)
-        m = torch.full_like(k, marker)
-        return torch.stack((m, k, torch.full_like(k, VALUE), v), dim=-1).reshape(b, TOKENS_PER_FACT * f)
-
     query_start = length - TOKENS_PER_FACT * f
     fact_start = query_start - distance
-    stream[:, fact_start : fact_start + TOKENS_PER_FACT * f] = block(KEY, keys, values)
-    stream[:, query_start:] = block(QUERY, keys.gather(1, order), values.gather(1, order))
+    stream[:, fact_start : fact_start + TOKENS_PER_FACT * f] = fact_block(KEY, keys, values)
+    stream[:, query_start:] = fact_block(QUERY, keys.gather(1, order), values.gather(1, order))
     mask = torch.zeros(b, seq_len, dtype=torch.bool)
     mask[:, query_start + 2 :: TOKENS_PER_FACT] = True  # inputs[t] = the query's VALUE, targets[t] = answer
     return Batch(stream[:, :-1], stream[:, 1:], mask)
