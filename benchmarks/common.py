@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
@@ -204,6 +204,32 @@ def parse_benchmark_args(doc: str, default_out: pathlib.Path, repeats: int, what
     args = parser.parse_args()
     torch.set_num_threads(1)
     return args
+
+
+def variant_parser(doc: str, names: list[str]) -> argparse.ArgumentParser:
+    """A parser with the flags of a script that runs named trainer variants over seeds: ``--only``
+    (some of ``names``; default all), ``--seeds`` (default 0), ``--jobs`` (runs at once, default 2) and
+    ``--list`` (print the commands and stop, see :func:`run_variants`)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=names, default=names)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--list", action="store_true", help="print the commands and stop")
+    return parser
+
+
+def run_variants(args: argparse.Namespace, command: Callable[..., list[str]], work: Callable[..., object],
+                 *extra: object) -> list:
+    """``work(name, seed, *extra)`` for every variant of ``args.only`` and seed of ``args.seeds``,
+    ``args.jobs`` at once, in threads (each run is a subprocess); with ``args.list`` only print
+    ``command(name, seed, *extra)`` for each and return []. Returns the results in order."""
+    jobs = [(name, seed, *extra) for name in args.only for seed in args.seeds]
+    if args.list:
+        for job in jobs:
+            print(" ".join(command(*job)))
+        return []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return list(pool.map(lambda job: work(*job), jobs))
 
 
 def set_flags(flags: list[str], **values: object) -> list[str]:

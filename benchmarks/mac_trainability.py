@@ -24,7 +24,6 @@ in tokens for recall, validation bits per byte for text).
     python benchmarks/mac_trainability.py --list                 # print the commands only
 """
 
-import argparse
 import fcntl
 import json
 import os
@@ -32,10 +31,9 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import AS_WRITTEN, set_flags
+from common import AS_WRITTEN, run_variants, set_flags, variant_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "book" / "results" / "trainability"
@@ -111,20 +109,12 @@ def run(name: str, seed: int, steps: int | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = variant_parser(__doc__, list(VARIANTS))
     parser.add_argument("--steps", type=int, default=None, help="instead of the base 900")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--list", action="store_true", help="print the commands and stop")
     args = parser.parse_args()
-    jobs = [(name, seed, args.steps) for name in args.only for seed in args.seeds]
+    results = run_variants(args, command, run, args.steps)
     if args.list:
-        for job in jobs:
-            print(" ".join(command(*job)))
         return
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run(*job), jobs))
     summary_path = RESULTS / "summary.json"
     with open(RESULTS / ".summary.lock", "w") as lock:          # several invocations may finish at once
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -31,7 +31,6 @@ evaluation, the long-stream one) and a copy of the run's ``metrics.jsonl``.
     python benchmarks/memory_horizon.py --list
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -39,13 +38,12 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from common import RESULTS, environment, load_recall_run, set_flags, write_json
+from common import RESULTS, environment, load_recall_run, run_variants, set_flags, variant_parser, write_json
 from mac_minimal.evaluation import evaluate_recall
 from mac_minimal.inspect_memory import momentum_capped
 from mac_trainability import COMMON, ONE_FACT, TRAINABLE
@@ -104,6 +102,10 @@ CONTINUED = {
     # episodes of 1-8 windows, then 1,000 steps more with episodes of 1-16 (questions up to 2,045 tokens back)
     "alpha-10-3000-then128-episodes8-then16": ("alpha-10-3000-then128-episodes8", dict(steps=5500,
                                                                                        episode_windows=16)),
+    # then 1,000 steps more with the first question's distance log-uniform (4-8 tokens asked as often as
+    # 64-125): the episode stages ask near distances rarely (~0.5% of questions) and seeds 1-2 lost them
+    "alpha-10-3000-then128-episodes8-then16-log": ("alpha-10-3000-then128-episodes8-then16",
+                                                   dict(steps=6500, episode_distances="log")),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }
@@ -263,9 +265,8 @@ def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=[*VARIANTS, *CONTINUED], default=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = variant_parser(__doc__, [*VARIANTS, *CONTINUED])
+    parser.set_defaults(only=list(VARIANTS))
     parser.add_argument("--train", action="store_true", help="train the runs first (finished ones are kept)")
     parser.add_argument("--long", type=int, default=16, help="evaluation streams, in training lengths")
     parser.add_argument("--eval-batches", type=int, default=4, help="batches of 32 per distance")
@@ -277,20 +278,13 @@ def main() -> None:
                         help="also evaluate with the momentum eta_t clipped at these, in all layers and in the last")
     parser.add_argument("--by-length", action="store_true",
                         help="also: near distances (8 .. 40) on streams 1, 2, 4, 8, 16x the training length")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--list", action="store_true", help="print the training commands and stop")
     args = parser.parse_args()
-    jobs = [(name, seed) for name in args.only for seed in args.seeds]
-    if args.list:
-        for job in jobs:
-            print(" ".join(command(*job)))
-        return
-    with ThreadPoolExecutor(args.jobs) as pool:
-        if args.train:
-            list(pool.map(lambda job: train(*job), jobs))
-        list(pool.map(lambda job: evaluate(*job, args.long, args.eval_batches, args.alpha_shifts, args.filler_theta,
-                                       args.eta_caps, args.by_length), jobs))
-
+    if args.train or args.list:                                     # --list: print the commands only
+        run_variants(args, command, train)
+    if not args.list:
+        run_variants(args, command, lambda name, seed: evaluate(name, seed, args.long, args.eval_batches,
+                                                                args.alpha_shifts, args.filler_theta,
+                                                                args.eta_caps, args.by_length))
 
 if __name__ == "__main__":
     main()

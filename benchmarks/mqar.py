@@ -19,11 +19,9 @@ the last evaluation) and a copy of the run's ``metrics.jsonl``.
     python benchmarks/mqar.py --list
 """
 
-import argparse
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
-from common import RESULTS, ROOT, environment, run_trainer, set_flags, write_json
+from common import RESULTS, ROOT, environment, run_trainer, run_variants, set_flags, variant_parser, write_json
 from mac_trainability import COMMON
 
 OUT = RESULTS / "mqar"
@@ -66,20 +64,8 @@ def run(name: str, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--list", action="store_true", help="print the commands and stop")
-    args = parser.parse_args()
-    jobs = [(name, seed) for name in args.only for seed in args.seeds]
-    if args.list:
-        for job in jobs:
-            print(" ".join(command(*job)))
-        return
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda job: run(*job), jobs))
-
+    args = variant_parser(__doc__, list(VARIANTS)).parse_args()
+    run_variants(args, command, run)
 
 if __name__ == "__main__":
     main()

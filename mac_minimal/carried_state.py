@@ -32,7 +32,9 @@ from torch import Tensor
 from mac_minimal.data import KEY, QUERY, Batch, RecallTask, fact_block
 from mac_minimal.model import MACState
 
-__all__ = ["detach_state", "restart_rows", "next_state", "RecallEpisodes"]
+__all__ = ["detach_state", "restart_rows", "next_state", "RecallEpisodes", "EPISODE_DISTANCES"]
+
+EPISODE_DISTANCES = ("uniform", "log")  # how RecallEpisodes draws the distance of a fact from its first question
 
 
 def detach_state(state: MACState) -> MACState:
@@ -82,13 +84,20 @@ class RecallEpisodes:
     (b, seq_len) tokens, and ``starts`` (bool (b,)): the rows whose episode began in this window.
     A window is filler that ends with the question ``QUERY k VALUE`` (the target of its last token
     is the episode's value ``v``); an episode's first window also holds the fact ``KEY k VALUE v``,
-    ``d`` tokens before the question's start, ``d`` uniform in ``[4, seq_len - 3]`` (the range of
-    :func:`~mac_minimal.data.recall_distance_range`). So in window ``w`` of an episode the answer is
-    ``d + w * seq_len`` tokens after the fact. Episodes last 1 to ``max_windows`` windows, uniformly.
+    ``d`` tokens before the question's start, ``d`` in ``[4, seq_len - 3]`` (the range of
+    :func:`~mac_minimal.data.recall_distance_range`): uniform, or with ``distances="log"``
+    log-uniform (``d = floor(4 * ((seq_len - 2) / 4) ** u)``, ``u`` uniform in [0, 1)), so that
+    every scale of distance, 4-8 tokens as often as 64-125, is asked equally often. So in window
+    ``w`` of an episode the answer is ``d + w * seq_len`` tokens after the fact. Episodes last 1 to
+    ``max_windows`` windows, uniformly.
     """
 
-    def __init__(self, batch_size: int, seq_len: int, max_windows: int, task: RecallTask = RecallTask()) -> None:
+    def __init__(self, batch_size: int, seq_len: int, max_windows: int, task: RecallTask = RecallTask(),
+                 distances: str = "uniform") -> None:
+        if distances not in EPISODE_DISTANCES:
+            raise ValueError(f"distances must be one of {EPISODE_DISTANCES}, got {distances!r}")
         self.batch_size, self.seq_len, self.max_windows, self.task = batch_size, seq_len, max_windows, task
+        self.distances = distances
         self.windows_left = torch.zeros(batch_size, dtype=torch.long)      # 0: the row starts a new episode
         self.keys = torch.zeros(batch_size, dtype=torch.long)
         self.values = torch.zeros(batch_size, dtype=torch.long)
@@ -101,7 +110,7 @@ class RecallEpisodes:
         self.values[starts] = torch.randint(task.value_start, task.filler_start, (b,), generator=generator)[starts]
         stream = torch.randint(task.filler_start, task.vocab_size, (b, n + 1), generator=generator)
         question = n + 1 - 4                                              # QUERY k VALUE v: the last 4 tokens
-        distance = torch.randint(4, n - 2, (b,), generator=generator)     # [4, n - 3]
+        distance = self._distances(generator)                             # (b,) in [4, n - 3]
         rows = starts.nonzero().flatten()
         fact = (question - distance[rows]).unsqueeze(1) + torch.arange(4)  # (r, 4) positions of the fact
         keys, values = self.keys.unsqueeze(1), self.values.unsqueeze(1)          # (b, 1)
@@ -111,3 +120,11 @@ class RecallEpisodes:
         mask[:, n - 1] = True                                             # inputs[n-1] = VALUE, target = v
         self.windows_left -= 1
         return Batch(stream[:, :-1], stream[:, 1:], mask), starts
+
+    def _distances(self, generator: torch.Generator) -> Tensor:
+        """(b,) int64: the distance of each row's fact from its question, in ``[4, seq_len - 3]``."""
+        low, high = 4, self.seq_len - 3
+        if self.distances == "uniform":
+            return torch.randint(low, high + 1, (self.batch_size,), generator=generator)
+        u = torch.rand(self.batch_size, generator=generator, dtype=torch.float64)
+        return (low * ((high + 1) / low) ** u).floor().long().clamp(low, high)

@@ -17,6 +17,7 @@ from mac_minimal.checkpoint import CheckpointError
 from mac_minimal.runtime import DeviceUnavailableError
 from mac_minimal.task_data import DataError
 from mac_minimal.train import NonFiniteLossError, train
+from mac_minimal.carried_state import EPISODE_DISTANCES
 from mac_minimal.train_config import MODELS, TASKS, TrainConfig
 
 __all__ = ["EXIT_BAD_ARGUMENTS", "EXIT_BAD_CHECKPOINT", "EXIT_NONFINITE", "parse_args", "main"]
@@ -168,6 +169,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="recall with --carry-state: each row's fact is asked at the end of every window for "
                         "1 to E windows (mac_minimal.carried_state.RecallEpisodes); memories restart only "
                         "where an episode starts")
+    g.add_argument("--episode-distances", choices=EPISODE_DISTANCES, default=d.episode_distances,
+                   help="with --episode-windows: the distance of each fact from its first question, uniform "
+                        "in [4, seq_len - 3] or log-uniform (4-8 tokens asked as often as 64-125)")
     try:
         return TrainConfig(**vars(p.parse_args(argv)))
     except ValueError as error:

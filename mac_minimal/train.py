@@ -239,7 +239,8 @@ def train_loop(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     started, window_loss, window_time, train_time, first_step = time.perf_counter(), [], 0.0, 0.0, step
     state = None                                 # the model's state carried between batches (--carry-state)
     episodes = (None if cfg.episode_windows is None
-                else RecallEpisodes(cfg.batch_size, cfg.seq_len, cfg.episode_windows, cfg.recall_task))
+                else RecallEpisodes(cfg.batch_size, cfg.seq_len, cfg.episode_windows, cfg.recall_task,
+                                    cfg.episode_distances))
     tokens_per_step = cfg.batch_size * cfg.seq_len * runtime.world_size
     bar = tqdm(total=cfg.steps, initial=step, disable=True if not (cfg.progress and runtime.is_main) else None,
                unit="step", dynamic_ncols=True)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
+from mac_minimal.carried_state import EPISODE_DISTANCES
 from mac_minimal.checks import require_int, require_number, require_positive_int
 from mac_minimal.data import RecallTask, mqar_min_length, recall_distance_range
 from mac_minimal.layers import num_parameters
@@ -89,6 +90,7 @@ class TrainConfig:
     compile: bool = False                            # torch.compile every repeating region (compiled.py)
     carry_state: float | None = None                 # restart probability per row and step (carried_state.py)
     episode_windows: int | None = None               # recall episodes across windows (carried_state.py)
+    episode_distances: str = "uniform"               # or "log": each scale of distance asked equally often
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -106,6 +108,10 @@ class TrainConfig:
                 raise ValueError("episode_windows must come with --carry-state, --task recall and --num-facts 1 "
                                  "(one fact asked across carried windows), got "
                                  f"carry_state={self.carry_state}, task={self.task}, num_facts={self.num_facts}")
+        if self.episode_distances not in EPISODE_DISTANCES:
+            raise ValueError(f"episode_distances must be one of {EPISODE_DISTANCES}, got {self.episode_distances!r}")
+        if self.episode_distances != "uniform" and self.episode_windows is None:
+            raise ValueError("episode_distances draws the distances of --episode-windows; give --episode-windows E")
         if self.data is not None and self.task != "lm":
             raise ValueError("--data is a text file for --task lm; the recall task is generated")
         if self.data is not None and not (os.path.isfile(self.data) and os.access(self.data, os.R_OK)):

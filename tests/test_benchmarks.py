@@ -30,6 +30,16 @@ def test_gpu_record_smoke_writes_speed_and_runs(tmp_path):
     assert not (tmp_path / "runs").exists()                          # checkpoints are not kept
 
 
+@pytest.mark.parametrize("script, variants", [("memory_horizon", ["alpha-10", "alpha-10-3000-then128-episodes8-then16-log"]),
+                                               ("mqar", ["full_attention", "mac"]),
+                                               ("mac_trainability", ["mac", "scale0-lr0.03"])])
+def test_variant_scripts_list_one_trainer_command_per_variant_and_seed(script, variants):
+    lines = run(f"benchmarks/{script}.py", "--list", "--only", *variants, "--seeds", "0", "3").stdout.splitlines()
+    assert len(lines) == 4 and all("-m mac_minimal.train " in line for line in lines)
+    assert [line.split("--seed ")[1].split()[0] for line in lines] == ["0", "3", "0", "3"]
+    assert "runs/" in lines[1] and lines[1].split("--out ")[1].endswith("-s3")
+
+
 def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar(tmp_path):
     run("benchmarks/gpu_record.py", "--smoke", "--only", "long_horizon", "mqar", "--out", str(tmp_path))
     runs = json.loads((tmp_path / "runs.json").read_text())["runs"]

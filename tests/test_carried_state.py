@@ -1,6 +1,8 @@
 """Training with the state carried across batches (--carry-state): restarts, truncation, equality
 with one long call, and the trainer end to end."""
 
+import math
+
 import pytest
 import torch
 
@@ -104,6 +106,28 @@ def test_an_episode_writes_its_fact_once_and_asks_it_at_the_end_of_each_of_its_w
                 assert facts == [] and (key, target.item()) == episode    # the same fact, asked again
             assert task.key_start <= key < task.value_start
     assert set(lengths) == {1, 2, 3}                                      # 1 .. max_windows windows
+
+
+def test_log_distances_ask_every_scale_equally_often():
+    n, rows = 128, 20_000
+    episodes, generator = RecallEpisodes(rows, n, max_windows=1, distances="log"), torch.Generator().manual_seed(0)
+    batch, starts = episodes.next(generator)
+    assert starts.all()
+    distance = (n - 3) - (batch.inputs == KEY).int().argmax(1)           # question start - fact start
+    assert distance.min() == 4 and distance.max() == n - 3                # the task's whole range
+    share = lambda low, high: ((distance >= low) & (distance < high)).float().mean().item()
+    for low in (4, 8, 16, 32, 64):                                        # each doubling: log 2 / log(126 / 4)
+        assert abs(share(low, 2 * low) - math.log(2) / math.log((n - 2) / 4)) < 0.015
+    uniform, _ = RecallEpisodes(rows, n, max_windows=1).next(torch.Generator().manual_seed(0))
+    near = ((n - 3) - (uniform.inputs == KEY).int().argmax(1) < 8).float().mean().item()
+    assert abs(near - 4 / (n - 6)) < 0.01                                 # uniform: 4 of 122 distances
+
+
+def test_episode_distances_must_be_named_and_need_episodes():
+    with pytest.raises(ValueError, match="distances must be one of"):
+        RecallEpisodes(2, 16, 2, distances="exp")
+    with pytest.raises(SystemExit):
+        parse_args(["--episode-distances", "log"])
 
 
 def test_with_episodes_rows_restart_exactly_where_an_episode_starts(tmp_path):
