@@ -88,6 +88,9 @@ CONTINUED = {
                                                     eval_distances="4,8,16,32,60,124")),
     "alpha-10-3000-then128-1500": ("alpha-10-3000", dict(seq_len=128, steps=4500, eval_every=250,
                                                          eval_distances="4,8,16,32,60,124")),
+    # the longer recipe continued for 500 steps on 256-token streams: does training on longer streams work?
+    "alpha-10-3000-then128-then256": ("alpha-10-3000-then128", dict(seq_len=256, steps=4000, eval_every=100,
+                                                                    eval_distances="4,8,16,32,60,124,252")),
     # the recipe resumed with the memory carried across batches (truncated backpropagation through time,
     # mac_minimal.carried_state): each row restarts fresh with probability 1/16 (mean history 2,048 tokens)
     # or 1/4 (512 tokens) per step; every fact is still asked at most 124 tokens after it was written

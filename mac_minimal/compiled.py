@@ -16,9 +16,11 @@ compile time does not grow with the sequence length or the depth. Each region is
 graph per shape, specialised). A run at one sequence length compiles a few graphs on its first
 calls and none after that:
 
-* with memory, the first segment of a text reads the initial memory ``M_0`` (the parameters
-  broadcast over the batch, stride 0, and a zero momentum that needs no gradient); every later
-  segment reads a memory that the previous one wrote: two graphs;
+* one graph serves the first segment of a text, which reads the initial memory ``M_0``, and every
+  later one, which reads a memory the previous segment wrote: ``NeuralMemory.init_state`` makes
+  ``M_0`` the same kind of tensors as a written memory (contiguous copies, a momentum in the
+  autograd graph); with ``M_0`` broadcast over the batch (stride 0) and a momentum outside the
+  graph, dynamo's guards would fail on the second segment and compile a second graph;
 * a last segment shorter than ``segment_len``, or a text fed in pieces (streaming), adds one graph
   per new piece length; evaluation under ``torch.no_grad()`` adds graphs without a backward.
 

@@ -158,7 +158,7 @@ class NeuralMemory(nn.Module):
     """Titans neural long-term memory (eqs. 8-18): write by test-time gradient descent, read by M*.
 
     Learned ("slow") parameters: the projections W_Q, W_K, W_V, the rate map, and the
-    INITIAL fast weights M_0 (``init_state`` expands them over the batch, so gradients
+    INITIAL fast weights M_0 (``init_state`` copies them for every batch element, so gradients
     reach them through every write).
     """
 
@@ -194,10 +194,17 @@ class NeuralMemory(nn.Module):
         return (self.init_w1, self.init_w2, self.init_ln_gain, self.init_ln_bias)
 
     def init_state(self, batch_size: int) -> NeuralMemoryState:
-        """A fresh memory per batch element: M_0 expanded over the batch, zero momentum."""
+        """A fresh memory per batch element: a copy of M_0 for each, zero momentum.
+
+        The copies are contiguous (not ``M_0.expand(b, ...)``, stride 0) and the momentum is
+        computed from them (``0 * M_0``, so it is part of the autograd graph, its gradient zero):
+        a fresh state is then the same kind of tensors as every memory a write produces, and a
+        compiled region (:mod:`~mac_minimal.compiled`) needs one graph for both, not two. The
+        copies cost ``b`` times the memory's parameters.
+        """
         require_positive_int("batch_size", batch_size)
-        weights = tuple(p.expand(batch_size, *p.shape) for p in self.initial_weights)
-        momentum = tuple(torch.zeros_like(w) for w in weights)
+        weights = tuple(p.expand(batch_size, *p.shape).clone() for p in self.initial_weights)
+        momentum = tuple(w * 0 for w in weights)
         return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=weights, offset=0)
 
     def _prepare(self, x: Tensor, state: NeuralMemoryState | None = None, name: str = "x") -> NeuralMemoryState:
