@@ -14,6 +14,8 @@ curriculum. Two steps, on one CPU thread per process:
   - recall accuracy against distance (:func:`~mac_minimal.evaluation.evaluate_recall`);
   - the memory's learned rates by token type on such a stream (``theta_t`` on the filler against
     on the fact, ``alpha_t``), and the learned biases of their logits;
+  - with ``--precise N``, the same accuracy from N batches of 32 per distance (the first ones the
+    same streams as the default 4 batches): a finer estimate where a result sits near a target;
   - with ``--by-length``, accuracy at near distances (8 .. 40 tokens) on streams 1, 2, 4, 8 and
     16x the training length: what a long history does to the recall of a recent fact;
   - with ``--alpha-shifts`` and ``--filler-theta``, the same accuracy with the rates forced at
@@ -109,6 +111,9 @@ CONTINUED = {
     # 64-125): the episode stages ask near distances rarely (~0.5% of questions) and seeds 1-2 lost them
     "alpha-10-3000-then128-episodes8-then16-log": ("alpha-10-3000-then128-episodes8-then16",
                                                    dict(steps=6500, episode_distances="log")),
+    # and 1,000 steps more of it (seed 2 was at 0.83-0.98 after the first 1,000)
+    "alpha-10-3000-then128-episodes8-then16-log2": ("alpha-10-3000-then128-episodes8-then16-log",
+                                                    dict(steps=7500)),
     "alpha-10-theta-5-lr0.1-then128": ("alpha-10-theta-5-lr0.1", dict(seq_len=128, steps=2300, eval_every=100,
                                                                       eval_distances="4,8,16,32,60,124")),
 }
@@ -214,7 +219,7 @@ def filler_theta_scaled(model: torch.nn.Module, filler_start: int, scale: float)
 
 @torch.no_grad()
 def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[float],
-             filler_theta: list[float], eta_caps: list[float], by_length: bool) -> dict:
+             filler_theta: list[float], eta_caps: list[float], by_length: bool, precise: int | None = None) -> dict:
     run = run_dir(name, seed)
     model, cfg, step = load_recall_run(run)
     torch.set_num_threads(1)
@@ -228,14 +233,17 @@ def evaluate(name: str, seed: int, long: int, batches: int, alpha_shifts: list[f
               "final_at_train_len": [m for m in metrics if m["event"] == "eval"][-1]["accuracy"],
               "environment": environment()}
 
-    def accuracy(forced: str = "") -> dict:
+    def accuracy(forced: str = "", num_batches: int = batches) -> dict:
         start = time.perf_counter()
-        scores = evaluate_recall(model, distances, long_len, cfg.num_facts, 32, batches, task=cfg.recall_task)
+        scores = evaluate_recall(model, distances, long_len, cfg.num_facts, 32, num_batches, task=cfg.recall_task)
         print(f"  {name} s{seed}{forced}: {({d: round(a, 2) for d, a in scores['accuracy'].items()})} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         return scores["accuracy"]
 
     result["accuracy"] = accuracy()
+    if precise:            # the same streams and more of them (each distance's batches come from one seeded generator)
+        result["precise"] = {"eval_batches": precise, "streams_per_distance": 32 * precise,
+                             "accuracy": accuracy(f" ({precise} batches)", precise)}
     if by_length:          # the same near distances on streams 1x .. long x the training length
         near = [d for d in (8, 12, 16, 24, 40) if d <= cfg.seq_len - 4]
         result["by_stream_length"] = {
@@ -279,6 +287,8 @@ def main() -> None:
                         help="also evaluate with theta_t on filler tokens multiplied by these (0: filler not written)")
     parser.add_argument("--eta-caps", nargs="*", type=float, default=[],
                         help="also evaluate with the momentum eta_t clipped at these, in all layers and in the last")
+    parser.add_argument("--precise", type=int, default=None, metavar="BATCHES",
+                        help="also evaluate with this many batches of 32 per distance (the same first ones)")
     parser.add_argument("--by-length", action="store_true",
                         help="also: near distances (8 .. 40) on streams 1, 2, 4, 8, 16x the training length")
     args = parser.parse_args()
@@ -287,7 +297,7 @@ def main() -> None:
     if not args.list:
         run_variants(args, command, lambda name, seed: evaluate(name, seed, args.long, args.eval_batches,
                                                                 args.alpha_shifts, args.filler_theta,
-                                                                args.eta_caps, args.by_length))
+                                                                args.eta_caps, args.by_length, args.precise))
 
 if __name__ == "__main__":
     main()
