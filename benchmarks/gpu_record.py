@@ -64,11 +64,12 @@ TASKS = {   # distances in tokens: 1/2, 1, 2, 4 and ~8 segments of 32
     "text": ["--task", "lm", "--max-bytes", "4000000", "--seq-len", "512", "--segment-len", "64",
              "--chunk-size", "64", "--batch-size", "32", "--dim", "128", "--steps", "1500", "--eval-every", "250"],
     # chapter 8's long-horizon recipe from scratch: the memory carried across 256-token windows, each fact
-    # asked at the end of every window of its episode (1 to 8 windows); then 16x streams (LONG_STREAM)
+    # asked at the end of every window of its episode (1 to 16 windows, as in the recipe's last stages, the
+    # fact's distance to its first question log-uniform); then 16x streams (LONG_STREAM)
     "long_horizon": RECALL + ["--num-facts", "1", "--seq-len", "256", "--eval-distances", "16,32,64,128,252",
                               "--steps", "1500", "--eval-every", "250", "--memory-scale-init", "0",
                               "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10", "--carry-state", "0.5",
-                              "--episode-windows", "8"],
+                              "--episode-windows", "16", "--episode-distances", "log"],
     # chapter 8's multi-query associative recall, 1 to 16 pairs, with the gentler of its two optimiser
     # settings (lr 1e-3 after 200 warmup steps, no weight decay), with which full attention learned it
     "mqar": ["--task", "mqar", "--num-facts", "16", "--num-values", "32", "--seq-len", "256", "--segment-len", "32",
