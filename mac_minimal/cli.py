@@ -13,11 +13,11 @@ import sys
 from dataclasses import fields
 from typing import NoReturn
 
+from mac_minimal.carried_state import EPISODE_DISTANCES
 from mac_minimal.checkpoint import CheckpointError
 from mac_minimal.runtime import DeviceUnavailableError
 from mac_minimal.task_data import DataError
 from mac_minimal.train import NonFiniteLossError, train
-from mac_minimal.carried_state import EPISODE_DISTANCES
 from mac_minimal.train_config import MODELS, TASKS, TrainConfig
 
 __all__ = ["EXIT_BAD_ARGUMENTS", "EXIT_BAD_CHECKPOINT", "EXIT_NONFINITE", "parse_args", "main"]
