@@ -1,8 +1,9 @@
 """MAC at the speed its arithmetic allows? One training step, eager against compiled (CPU).
 
 A training step (:func:`common.training_step`: forward, next-token cross-entropy, backward, AdamW
-step, ``zero_grad``, float32, one thread) of four jobs per setting: MAC (``use_memory=True``) and
-the same model without memory (``use_memory=False``), each eager and with
+step, ``zero_grad``, float32, one thread) of six jobs per setting: MAC (``use_memory=True``), MAC
+with its memory's writes recomputed in backward (:func:`mac_minimal.neural_memory.recompute_writes`,
+``mac_recompute``) and the same model without memory (``use_memory=False``), each eager and with
 :func:`mac_minimal.compiled.compile_regions` (``torch.compile``, inductor, on every MAC attention
 layer: one call per segment). The settings are ``bench_training_step.py``'s:
 
@@ -14,11 +15,14 @@ Per job: ``step_s``, the median seconds of a step over ``--repeats`` rounds in w
 take turns (:func:`common.median_seconds`, after one warm-up step); ``first_step_s``, the first
 step (for a compiled job: tracing and compiling every graph, from an empty inductor cache) and
 ``compile_s`` = first step minus the median step; ``step_memory_bytes``, the resident-set growth of
-a step after a warm-up step, in a fresh process (:func:`common.step_memory_bytes`); ``first_loss``,
+a step after a warm-up step, in a fresh process whose allocator maps every block of 64 KiB or more
+and unmaps it when freed (:func:`common.step_memory_bytes` with ``mmap_threshold``: the resident
+set follows the live tensors, not what glibc's heap kept of earlier ones); ``first_loss``,
 the loss of the first step (eager and compiled start from the same weights, so the two agree to
 float32 rounding). Per model: ``flops``, forward + backward of one step as
 ``torch.utils.flop_counter.FlopCounterMode`` counts them (matrix products and attention; the same
-arithmetic eager or compiled), and each job's achieved ``gflop_per_s``. Writes
+arithmetic eager or compiled; ``mac_recompute`` counts its second forward pass of the memory), and
+each job's achieved ``gflop_per_s``. Writes
 ``book/results/compiled_benchmark.json``.
 
     .venv/bin/python benchmarks/bench_compiled.py                  # both settings (long: see README)
@@ -38,12 +42,16 @@ import torch
 
 import common
 from common import RESULTS, environment, mac_config, median_seconds, save_results, step_memory_bytes, training_step
-from bench_training_step import KINDS, SETTINGS
+from bench_training_step import SETTINGS
 from mac_minimal.compiled import compile_regions
 from mac_minimal.model import MACTransformer
+from mac_minimal.neural_memory import recompute_writes
 
 OUT = RESULTS / "compiled_benchmark.json"
 MODES = ("eager", "compiled")
+KINDS = {"mac": dict(use_memory=True), "mac_recompute": dict(use_memory=True, recompute=True),
+         "mac_no_memory": dict(use_memory=False)}           # kind -> model config fields (+ recompute)
+MMAP_THRESHOLD = 64 * 1024                                   # step memory: blocks >= 64 KiB mapped
 SMOKE_SETTINGS = {   # toy sizes: a few seconds to compile each graph
     "A": {"seq_len": 16, "batch": 2,
           "config": dict(vocab_size=64, dim=16, depth=1, heads=2, segment_len=8, chunk_size=8)},
@@ -52,13 +60,22 @@ SMOKE_SETTINGS = {   # toy sizes: a few seconds to compile each graph
 }
 
 
+def build_model(config: dict) -> MACTransformer:
+    """A fresh model (from the current torch seed) with ``config``, its writes recomputed if
+    ``config["recompute"]``."""
+    config = dict(config)
+    recompute = config.pop("recompute", False)
+    model = MACTransformer(mac_config(**config))
+    return recompute_writes(model) if recompute else model
+
+
 def build_step(config: dict, seq_len: int, batch: int, compiled: bool, backend: str = "inductor", seed: int = 0):
-    """A training step (no arguments) of a fresh model with ``config`` on random tokens (b, n + 1),
+    """A training step (no arguments) of a fresh :func:`build_model` on random tokens (b, n + 1),
     compiled by :func:`compile_regions` with ``backend`` if ``compiled``. The same seed gives the same weights and
     tokens eager or compiled. Module-level, so :func:`common.step_memory_bytes` can build it in a
     fresh process."""
     torch.manual_seed(seed)
-    model = MACTransformer(mac_config(**config))
+    model = build_model(config)
     if compiled:
         compile_regions(model, backend=backend)
     tokens = torch.randint(0, config["vocab_size"], (batch, seq_len + 1),
@@ -70,7 +87,7 @@ def step_flops(config: dict, seq_len: int, batch: int) -> int:
     """Floating-point operations of one forward + backward (eager; compiling does not change the
     arithmetic), as ``FlopCounterMode`` counts them (:func:`common.step_flops`)."""
     torch.manual_seed(0)
-    model = MACTransformer(mac_config(**config))
+    model = build_model(config)
     tokens = torch.randint(0, config["vocab_size"], (batch, seq_len + 1))
     return common.step_flops(model, tokens)
 
@@ -79,7 +96,7 @@ def measure_setting(setting: dict, repeats: int, memory: bool, backend: str) -> 
     """Every measurement of one setting: step time (the four jobs interleaved), first step, flops,
     and (if ``memory``) step memory, each job in a fresh process."""
     size = dict(seq_len=setting["seq_len"], batch=setting["batch"], backend=backend)
-    configs = {kind: setting["config"] | {"use_memory": use} for kind, use in KINDS.items()}
+    configs = {kind: setting["config"] | fields for kind, fields in KINDS.items()}
     jobs, first_step_s, first_loss = {}, {}, {}
     for kind, config in configs.items():
         for mode in MODES:
@@ -92,7 +109,7 @@ def measure_setting(setting: dict, repeats: int, memory: bool, backend: str) -> 
     seconds = median_seconds(jobs, repeats)
     del jobs
     flops = {kind: step_flops(config, setting["seq_len"], setting["batch"]) for kind, config in configs.items()}
-    step_memory = {name: (step_memory_bytes(build_step, config=configs[name.split()[0]],
+    step_memory = {name: (step_memory_bytes(build_step, config=configs[name.split()[0]], mmap_threshold=MMAP_THRESHOLD,
                                             compiled=name.endswith("compiled"), **size) if memory else None)
                    for name in seconds}
 
@@ -100,8 +117,7 @@ def measure_setting(setting: dict, repeats: int, memory: bool, backend: str) -> 
         return {kind: {mode: values[f"{kind} {mode}"] for mode in MODES} for kind in KINDS}
 
     return {**setting, "model_config": dataclasses.asdict(mac_config(**setting["config"])),
-            "parameters": {kind: MACTransformer(mac_config(**config)).num_parameters()
-                           for kind, config in configs.items()},
+            "parameters": {kind: build_model(config).num_parameters() for kind, config in configs.items()},
             "flops": flops,
             "step_s": by_kind(seconds),
             "first_step_s": by_kind(first_step_s),
@@ -140,7 +156,8 @@ def main() -> None:
                   f"compile {row['compile_s'][kind]:.0f} s, {row['flops'][kind] / 1e9:.3f} GFLOP/step", flush=True)
     payload = {
         "description": "one training step (forward, next-token cross-entropy, backward, AdamW step, zero_grad) "
-                       "of MACTransformer with and without neural memory, eager and compiled "
+                       "of MACTransformer with and without neural memory (mac_recompute: its writes recomputed "
+                       "in backward, mac_minimal.neural_memory.recompute_writes), eager and compiled "
                        "(mac_minimal.compiled.compile_regions: torch.compile with `backend`, per MAC attention layer)",
         "step_s": f"median seconds over repeats after one warm-up step, jobs interleaved, "
                   f"{torch.get_num_threads()} thread",
@@ -149,7 +166,9 @@ def main() -> None:
         "compile_s": "first_step_s minus step_s of the compiled job",
         "flops": "FlopCounterMode total of one forward + backward (the optimizer step not counted)",
         "step_memory_bytes": "resident-set growth during one step after a warm-up step, each job in a fresh "
-                             "process (common.step_memory_bytes); null if not measured",
+                             f"process with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} (every block of that size "
+                             "or more mapped, and unmapped when freed: the resident set follows the live "
+                             "tensors; common.step_memory_bytes); null if not measured",
         "backend": args.backend, "smoke": args.smoke, "repeats": args.repeats, "environment": environment(),
         "settings": results, "total_seconds": time.perf_counter() - start,
     }

@@ -150,22 +150,38 @@ def _measure_here(build: Callable[..., Job], kwargs: dict, threads: int) -> int:
     return (after - before) * 1024
 
 
-def step_memory_bytes(build: Callable[..., Job], threads: int = 1, **kwargs: object) -> int | None:
+MMAP_THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"   # glibc: blocks this large or larger are mmap-ed
+
+
+def step_memory_bytes(build: Callable[..., Job], threads: int = 1, mmap_threshold: int | None = None,
+                      **kwargs: object) -> int | None:
     """Resident-set growth (bytes) of the second call of ``build(**kwargs)()``, in a fresh process.
 
     ``build`` must be a module-level function (the process is started with ``spawn``, which
     imports the calling script again, so the script needs its ``if __name__ == "__main__"``
-    guard). Returns None where it cannot be measured: not Linux, or the process died (killed for
-    memory, say)."""
+    guard). ``mmap_threshold`` (bytes) sets glibc's ``MALLOC_MMAP_THRESHOLD_`` in that process:
+    every block at least that large is mapped on allocation and unmapped when freed, so the
+    resident set follows the tensors alive at each moment instead of what the allocator's heap
+    kept from earlier ones. Returns None where it cannot be measured: not Linux, or the process
+    died (killed for memory, say)."""
     if not sys.platform.startswith("linux"):
         return None
     context = multiprocessing.get_context("spawn")
+    saved = os.environ.get(MMAP_THRESHOLD_VARIABLE)
+    if mmap_threshold is not None:                         # the spawned process inherits the environment
+        os.environ[MMAP_THRESHOLD_VARIABLE] = str(mmap_threshold)
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             return pool.submit(_measure_here, build, kwargs, threads).result()
     except BrokenProcessPool:
         print(f"step_memory_bytes: the process died measuring {build.__name__}({kwargs})", flush=True)
         return None
+    finally:
+        if saved is None:
+            os.environ.pop(MMAP_THRESHOLD_VARIABLE, None)
+        else:
+            os.environ[MMAP_THRESHOLD_VARIABLE] = saved
+
 
 
 # ---------------------------------------------------------------- output

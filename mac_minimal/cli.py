@@ -161,6 +161,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="torch.compile each attention layer (mac_minimal.compiled.compile_regions; mac, "
                         "mac_no_memory, full_attention): faster steps after a first step that compiles; "
                         "the same checkpoints")
+    g.add_argument("--recompute-memory", action="store_true",
+                   help="mac, mag, mal: run each memory write again in backward instead of keeping its "
+                        "intermediates (mac_minimal.neural_memory.recompute_writes): less memory per step, "
+                        "a slower step, the same numbers and checkpoints")
     g.add_argument("--carry-state", type=float, default=d.carry_state, metavar="P",
                    help="mac: carry the memory from each batch to the next (truncated backpropagation through "
                         "time, mac_minimal.carried_state), each row restarting fresh with probability P per "

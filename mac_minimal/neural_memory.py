@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.func import grad, vmap
+from torch.utils.checkpoint import checkpoint
 
 from mac_minimal.checks import require_number, require_positive_int
 from mac_minimal.dual_form import dual_chunk
@@ -168,6 +169,7 @@ class NeuralMemory(nn.Module):
             raise ValueError("NeuralMemoryConfig.dim must be set for a memory of its own "
                              "(None means 'the width of the MAC layer that holds it')")
         self.config = config
+        self.recompute = False          # how backward gets the write's intermediates: see recompute_writes
         d, f = config.dim, config.expansion * config.dim
         self.to_q = nn.Linear(d, d, bias=False)
         self.to_k = nn.Linear(d, d, bias=False)
@@ -393,9 +395,17 @@ class NeuralMemory(nn.Module):
         """Write x and read ``y_t = M_t(queries_t)`` with the per-token weights of the chunked write.
 
         x, queries: (b, n, d) -> y: (b, n, d), and the state after the last token. ``forward`` reads
-        with each token's own query; MAG and MAL (chapter 9) with the next token's.
+        with each token's own query; MAG and MAL (chapter 9) with the next token's. With
+        ``self.recompute`` (see :func:`recompute_writes`) and gradients on, backward runs this write
+        again instead of keeping its intermediates.
         """
         state = self._prepare(x, state)
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._write_and_read, x, queries, state, use_reentrant=False)
+        return self._write_and_read(x, queries, state)
+
+    def _write_and_read(self, x: Tensor, queries: Tensor, state: NeuralMemoryState
+                        ) -> tuple[Tensor, NeuralMemoryState]:
         state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=queries)
         return y, state
 
@@ -418,3 +428,26 @@ class NeuralMemory(nn.Module):
             state = self.write_sequential(x[:, t:t + 1], state)
             outputs.append(self.read(x[:, t:t + 1], state))
         return torch.cat(outputs, dim=1), state
+
+
+def recompute_writes(model: nn.Module, on: bool = True) -> nn.Module:
+    """Make every :class:`NeuralMemory` of ``model`` recompute its writes in backward (``on=False``:
+    keep them, the default); returns ``model``.
+
+    A training step keeps, for backward, each chunk's weights and momentum, ``(b, f, d)`` tensors, and
+    the activations of every token's gradient: for a long stream far more memory than the model
+    without a memory needs. Recomputing keeps only each memory call's inputs (for MAC: one segment's
+    attention output and the memory it starts from) and runs that call's write again
+    (``torch.utils.checkpoint``) when backward reaches it: the step's memory falls to about what one
+    segment's write needs, and its time grows by about one more forward pass of the memory
+    (chapter 7 measures both). The numbers are the same. A run-time choice, like compiling: not part
+    of the model's config, so checkpoints load either way.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    memories = [module for module in model.modules() if isinstance(module, NeuralMemory)]
+    if not memories:
+        raise ValueError(f"{type(model).__name__} has no NeuralMemory whose writes could be recomputed")
+    for memory in memories:
+        memory.recompute = bool(on)
+    return model

@@ -30,6 +30,10 @@ Every training choice, briefly:
   attention layer (MAC: one call per segment) with ``torch.compile``, in place, so the first steps
   pay for compiling a few graphs and the later ones run fused kernels; parameter names, and so
   checkpoints, are the same with or without it (a run may be resumed either way).
+* **``--recompute-memory``** (off by default; ``mac``, ``mag``, ``mal``):
+  :func:`~mac_minimal.neural_memory.recompute_writes`: backward runs each memory write again
+  instead of keeping its intermediates, for a step that needs less memory and a little more time;
+  the same numbers, the same checkpoints.
 * **``--carry-state P``** (off by default; ``mac`` only): each batch continues the streams of the
   last one, the memory carried over and detached (truncated backpropagation through time,
   :mod:`~mac_minimal.carried_state`), each row restarting fresh with probability ``P`` per step, so
@@ -69,6 +73,7 @@ from mac_minimal.carried_state import RecallEpisodes, next_state
 from mac_minimal.evaluation import evaluate, loss_and_state
 from mac_minimal.layers import num_parameters
 from mac_minimal.metrics import start_metrics, write_metrics
+from mac_minimal.neural_memory import recompute_writes
 from mac_minimal.runtime import (Runtime, average_over_processes, close_runtime, data_parallel, device_name,
                                  gather_objects, parameter_spread, peak_memory_bytes, reset_peak_memory,
                                  setup_runtime)
@@ -155,6 +160,8 @@ def start_run(cfg: TrainConfig, runtime: Runtime) -> tuple[Run, int]:
     torch.manual_seed(cfg.seed)                      # the same initial weights on every rank
     model, config = build_model(cfg, data.vocab_size)
     model.to(runtime.device)
+    if cfg.recompute_memory:
+        recompute_writes(model)
     if cfg.compile:
         compile_regions(model)
     optimizer, scheduler = make_optimizer(model, cfg, runtime.device)

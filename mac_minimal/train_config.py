@@ -88,6 +88,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     compile: bool = False                            # torch.compile every repeating region (compiled.py)
+    recompute_memory: bool = False                   # the memory's writes run again in backward (neural_memory.py)
     carry_state: float | None = None                 # restart probability per row and step (carried_state.py)
     episode_windows: int | None = None               # recall episodes across windows (carried_state.py)
     episode_distances: str = "uniform"               # or "log": each scale of distance asked equally often
@@ -98,6 +99,9 @@ class TrainConfig:
         if self.compile and self.model not in COMPILED_MODELS:
             raise ValueError(f"--compile compiles the regions of {', '.join(COMPILED_MODELS)} "
                              f"(mac_minimal.compiled.REGIONS); --model {self.model} runs eagerly, without --compile")
+        if self.recompute_memory and self.model not in MEMORY_MODELS:
+            raise ValueError(f"--recompute-memory recomputes the neural memory of {', '.join(MEMORY_MODELS)}; "
+                             f"--model {self.model} has none")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.carry_state is not None:
@@ -219,6 +223,7 @@ MODELS: dict[str, tuple[Callable[[TrainConfig, int, int], Any], type[nn.Module]]
 }
 REFERENCE_MODEL = "mac"
 COMPILED_MODELS = ("mac", "mac_no_memory", "full_attention")   # the models with a region of compiled.REGIONS
+MEMORY_MODELS = ("mac", "mag", "mal")                           # the models with a NeuralMemory
 
 
 def count_parameters(name: str, cfg: TrainConfig, vocab_size: int, dim: int) -> int:

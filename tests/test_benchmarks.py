@@ -106,9 +106,11 @@ def test_compiled_benchmark_runs_at_toy_sizes(tmp_path):
     assert result["smoke"] and result["backend"] == "aot_eager" and set(result["settings"]) == {"A"}
     row = result["settings"]["A"]
     for field in ("step_s", "first_step_s", "step_memory_bytes", "first_loss"):
-        assert set(row[field]) == {"mac", "mac_no_memory"}
+        assert set(row[field]) == {"mac", "mac_recompute", "mac_no_memory"}
         assert all(set(modes) == {"eager", "compiled"} for modes in row[field].values())
-    assert row["flops"]["mac"] > row["flops"]["mac_no_memory"] > 0
+    assert row["flops"]["mac_recompute"] > row["flops"]["mac"] > row["flops"]["mac_no_memory"] > 0
+    assert row["parameters"]["mac_recompute"] == row["parameters"]["mac"]
+    assert row["first_loss"]["mac_recompute"]["eager"] == pytest.approx(row["first_loss"]["mac"]["eager"], rel=1e-6)
     for modes in row["first_loss"].values():                       # the same weights and tokens: the same loss
         assert modes["compiled"] == pytest.approx(modes["eager"], rel=1e-5)
 

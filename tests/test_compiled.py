@@ -24,7 +24,7 @@ from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
 from mac_minimal.cli import parse_args
 from mac_minimal.compiled import RECOMPILE_LIMIT, compile_regions, compiled_regions
 from mac_minimal.model import MACConfig, MACTransformer
-from mac_minimal.neural_memory import NeuralMemoryConfig
+from mac_minimal.neural_memory import NeuralMemoryConfig, recompute_writes
 from mac_minimal.train_config import build_model
 
 pytestmark = pytest.mark.compile
@@ -101,6 +101,17 @@ def test_memory_free_and_full_attention_models_compile_and_match():
     compile_regions(full, backend="aot_eager")
     assert compiled_regions(full) == 2
     assert_close(full(x)[0], expected, **TOLERANCE)
+
+
+def test_recomputed_writes_compile_and_match_eager():
+    """:func:`recompute_writes` inside a compiled region (``torch.utils.checkpoint`` traced by dynamo):
+    one graph, no break, the eager numbers."""
+    eager, compiled = eager_and_compiled(CONFIG, backend="aot_eager")
+    recompute_writes(compiled)
+    before, breaks = graphs(), sum(counters["graph_break"].values())
+    x = tokens()
+    assert_same_logits_and_gradients((compiled(x)[0], compiled), (eager(x)[0], eager))
+    assert graphs() - before == 1 and sum(counters["graph_break"].values()) == breaks
 
 
 def test_checkpoints_are_the_same_with_and_without_compile():

@@ -13,6 +13,7 @@ from mac_minimal.neural_memory import (
     associative_loss,
     clip_gradients,
     memory_mlp,
+    recompute_writes,
     token_gradients,
 )
 
@@ -387,3 +388,70 @@ def test_input_errors():
         model.write_kv(k, k, ones[:, :3], ones, ones, state)
     with pytest.raises(ValueError, match="v must have"):
         model.write_kv_sequential(k, k[:, :3], ones, ones, ones, state)
+
+
+# ---------------------------------------------------------------- recomputing the write in backward
+def model_with_memory(name: str) -> torch.nn.Module:
+    """A tiny float64 MAC, MAG or MAL whose memories have several chunks per call."""
+    from mac_minimal.mag import MAGConfig, MAGTransformer
+    from mac_minimal.mal import MALConfig, MALTransformer
+    from mac_minimal.model import MACConfig, MACTransformer
+    torch.manual_seed(0)
+    common = dict(vocab_size=11, dim=8, depth=2, heads=2, num_persistent=2, memory=NeuralMemoryConfig(chunk_size=2))
+    if name == "mac":
+        return MACTransformer(MACConfig(segment_len=6, **common)).double()
+    if name == "mag":
+        return MAGTransformer(MAGConfig(window=4, **common)).double()
+    return MALTransformer(MALConfig(window=4, **common)).double()
+
+
+@pytest.mark.parametrize("name", ["mac", "mag", "mal"])
+def test_recomputed_writes_give_the_same_values_and_gradients(name):
+    """Backward with the writes recomputed equals backward with them kept (float64): logits, and the
+    gradients of every parameter; the stream in two pieces, the memory carried between them."""
+    model = model_with_memory(name)
+    x = torch.randint(0, 11, (2, 15), generator=torch.Generator().manual_seed(3))
+
+    def logits() -> torch.Tensor:
+        first, state = model(x[:, :7])
+        second, _ = model(x[:, 7:], state)
+        return torch.cat((first, second), dim=1)
+
+    kept = logits()
+    assert recompute_writes(model) is model
+    assert all(m.recompute for m in model.modules() if isinstance(m, NeuralMemory))
+    recomputed = logits()
+    assert_same_values_and_gradients([recomputed], [kept], list(model.parameters()), rtol=1e-12, atol=1e-12)
+    recompute_writes(model, on=False)
+    assert not any(m.recompute for m in model.modules() if isinstance(m, NeuralMemory))
+
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward in one forward of ``model``."""
+    storages = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def test_recomputed_writes_keep_less_for_backward():
+    """What recomputing is for: with 3 chunks per segment, backward keeps under half the bytes."""
+    model = model_with_memory("mac")
+    x = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(3))
+    kept = saved_bytes(model, x)
+    recomputed = saved_bytes(recompute_writes(model), x)
+    assert recomputed < 0.5 * kept
+    with torch.no_grad():                                  # nothing to recompute for: runs as before
+        assert_close(model(x)[0], recompute_writes(model, on=False)(x)[0])
+
+
+def test_recompute_writes_errors():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        recompute_writes("model")
+    with pytest.raises(ValueError, match="no NeuralMemory"):
+        recompute_writes(torch.nn.Linear(2, 2))

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.testing import assert_close
 
 import mac_minimal.cli as cli_module
 import mac_minimal.train as train_module
@@ -263,6 +264,18 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert [r["event"] for r in read_metrics(resumed.metrics_path)].count("start") == 2
 
 
+def test_recompute_memory_trains_the_same_and_resumes_either_way(tmp_path):
+    """``--recompute-memory`` changes how backward gets the memory's intermediates, not the numbers
+    (the same losses, float32) nor the model config (a run resumes with or without it)."""
+    kept = tiny(tmp_path / "a", model="mac", steps=4, eval_every=2)
+    train(kept)
+    recomputed = tiny(tmp_path / "b", model="mac", steps=4, eval_every=2, recompute_memory=True)
+    train(recomputed)
+    assert_close(losses(recomputed), losses(kept), rtol=1e-5, atol=1e-6)
+    train(replace(kept, steps=6, resume=True, recompute_memory=True))
+    assert len(losses(kept)) == 6
+
+
 def test_checkpoint_of_another_model_config_is_rejected(tmp_path):
     cfg = tiny(tmp_path, steps=1)
     train(cfg)
@@ -382,6 +395,7 @@ def test_bad_arguments_are_rejected(capsys):
     (["--seq-len", "1"], "--seq-len", ">= 31"),
     (["--dim", "36"], "--dim", "even"), (["--dim", "30"], "--dim", "even"), (["--heads", "3"], "--heads", "even"),
     (["--steps", "0"], "--steps", ">= 1"), (["--compile", "--model", "mag"], "--model mag", "without --compile"),
+    (["--recompute-memory", "--model", "swa"], "--recompute-memory", "--model swa"),
     (["--carry-state", "0"], "--carry-state", "> 0"), (["--carry-state", "1.5"], "--carry-state", "<= 1"),
     (["--carry-state", "0.5", "--model", "full_attention"], "--carry-state", "--model mac"),
     (["--carry-state", "0.5", "--seq-len", "100"], "--carry-state", "multiple of segment_len"),
