@@ -267,11 +267,14 @@ def load_recall_run(run: pathlib.Path) -> tuple[torch.nn.Module, TrainConfig, in
     return load_trained_model(run / "checkpoint.pt")
 
 
-def run_trainer(cmd: list[str]) -> tuple[float, list[dict]]:
+def run_trainer(cmd: list[str], resume_copy_of: pathlib.Path | None = None) -> tuple[float, list[dict]]:
     """Run a recorded trainer command (``python -m mac_minimal.train ... --out DIR``, DIR relative to the
-    repository, emptied first) on one thread; return its wall seconds and its metrics records."""
+    repository, emptied first; with ``resume_copy_of``, a copy of that run directory, which a command
+    with ``--resume`` continues) on one thread; return its wall seconds and its metrics records."""
     out = ROOT / cmd[cmd.index("--out") + 1]
     shutil.rmtree(out, ignore_errors=True)
+    if resume_copy_of is not None:
+        shutil.copytree(resume_copy_of, out)
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,

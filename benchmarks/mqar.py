@@ -42,21 +42,38 @@ VARIANTS = {
     "mac-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                 + ["--dim", "64", "--steps", "3000", "--compile"],
     # its wrong answers are other pairs' values, the oldest most often (momentum near 1 makes an older
-    # write weigh more): the momentum capped at 0.9 weighs every write alike
+    # write weigh more): the momentum capped at 0.9 weighs every write alike (stopped at step 1,750, far
+    # behind mac-3000: book/results/mqar/mac-eta0.9-3000-s0.json)
     "mac-eta0.9-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                        + ["--memory-max-momentum", "0.9", "--dim", "64", "--steps", "3000", "--compile"],
 }
+# continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
+# follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)
+CONTINUED = {
+    # mac-3000 was still learning: it wrote only at the pairs by then, and the keys of two pairs had
+    # moved apart (cosine 0.57 at 1,500 steps, 0.36-0.41 at 3,000; benchmarks/mqar_probe.py)
+    "mac-3000-then6000": ("mac-3000", dict(steps=6000)),
+}
+
+
+def flags(name: str) -> list[str]:
+    """The trainer flags of a variant (a continued one: its base's, changed, and ``--resume``)."""
+    if name not in CONTINUED:
+        return VARIANTS[name]
+    base, changes = CONTINUED[name]
+    return set_flags(flags(base), **changes) + ["--resume"]
 
 
 def command(name: str, seed: int) -> list[str]:
     # COMMON's optimiser flags come first; the variant's follow and win
-    return ["python", "-m", "mac_minimal.train", *COMMON, *VARIANTS[name], "--seed", str(seed),
+    return ["python", "-m", "mac_minimal.train", *COMMON, *flags(name), "--seed", str(seed),
             "--out", str((RUNS / f"{name}-s{seed}").relative_to(ROOT))]
 
 
 def run(name: str, seed: int) -> dict:
+    """Train the variant (a continued one: a copy of its base's finished run, resumed), record it."""
     cmd = command(name, seed)
-    wall, metrics = run_trainer(cmd)
+    wall, metrics = run_trainer(cmd, RUNS / f"{CONTINUED[name][0]}-s{seed}" if name in CONTINUED else None)
     out = ROOT / cmd[-1]
     evals = [m for m in metrics if m["event"] == "eval"]
     result = {"variant": name, "seed": seed, "command": " ".join(cmd), "wall_s": round(wall, 1),
@@ -71,7 +88,7 @@ def run(name: str, seed: int) -> dict:
 
 
 def main() -> None:
-    args = variant_parser(__doc__, list(VARIANTS)).parse_args()
+    args = variant_parser(__doc__, [*VARIANTS, *CONTINUED]).parse_args()
     run_variants(args, command, run)
 
 if __name__ == "__main__":
