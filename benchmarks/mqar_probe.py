@@ -26,7 +26,7 @@ import torch
 from common import environment, load_recall_run, write_json
 from mac_minimal.data import mqar_batch
 from mac_minimal.evaluation import EVAL_SEED, beyond_segment, mqar_pair_counts
-from mqar import OUT, RUNS, VARIANTS
+from mqar import CONTINUED, OUT, RUNS, VARIANTS
 
 BATCHES, BATCH_SIZE = 4, 32                      # evaluate_mqar's evaluation in the runs
 
@@ -106,7 +106,7 @@ def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, pairs: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=["mac-3000"])
+    parser.add_argument("--only", nargs="+", choices=[*VARIANTS, *CONTINUED], default=["mac-3000"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = parser.parse_args()
     torch.set_num_threads(1)
