@@ -248,6 +248,17 @@ def run_variants(args: argparse.Namespace, command: Callable[..., list[str]], wo
         return list(pool.map(lambda job: work(*job), jobs))
 
 
+def variant_flags(name: str, variants: dict[str, list[str]],
+                  continued: dict[str, tuple[str, dict[str, object]]]) -> list[str]:
+    """The trainer flags of variant ``name``: ``variants[name]``, or for a continued variant
+    (``continued[name] = (base, changes)``) its base's flags with ``changes`` set and ``--resume``."""
+    if name not in continued:
+        return variants[name]
+    base, changes = continued[name]
+    base_flags = [f for f in variant_flags(base, variants, continued) if f != "--resume"]
+    return set_flags(base_flags, **changes) + ["--resume"]
+
+
 def set_flags(flags: list[str], **values: object) -> list[str]:
     """A trainer command line ``flags`` with ``--name value`` set for every ``name=value`` given:
     replaced in place where the flag is already there, appended where it is not."""

@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, environment, load_recall_run, run_variants, set_flags, variant_parser, write_json
+from common import (RESULTS, environment, load_recall_run, run_variants, set_flags, variant_flags, variant_parser,
+                    write_json)
 from mac_minimal.evaluation import evaluate_recall
 from mac_minimal.inspect_memory import momentum_capped
 from mac_trainability import COMMON, ONE_FACT, TRAINABLE
@@ -123,17 +124,10 @@ def run_dir(name: str, seed: int) -> Path:
     return RUNS / f"{name}-s{seed}"
 
 
-def flags(name: str) -> list[str]:
-    """The trainer flags of a variant (a continued one: its base's, changed, and ``--resume``)."""
-    if name not in CONTINUED:
-        return VARIANTS[name]
-    base, changes = CONTINUED[name]
-    return set_flags([f for f in flags(base) if f != "--resume"], **changes) + ["--resume"]
-
-
 def command(name: str, seed: int) -> list[str]:
     """The trainer command of a variant; a continued one resumes a copy of its base run."""
-    return ["python", "-m", "mac_minimal.train", *COMMON, *flags(name), "--seed", str(seed),
+    return ["python", "-m", "mac_minimal.train", *COMMON, *variant_flags(name, VARIANTS, CONTINUED),
+            "--seed", str(seed),
             "--out", str(run_dir(name, seed).relative_to(ROOT))]
 
 

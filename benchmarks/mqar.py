@@ -21,7 +21,8 @@ the last evaluation) and a copy of the run's ``metrics.jsonl``.
 
 import shutil
 
-from common import RESULTS, ROOT, environment, run_trainer, run_variants, set_flags, variant_parser, write_json
+from common import (RESULTS, ROOT, environment, run_trainer, run_variants, set_flags, variant_flags, variant_parser,
+                    write_json)
 from mac_trainability import COMMON
 
 OUT = RESULTS / "mqar"
@@ -56,17 +57,10 @@ CONTINUED = {
 }
 
 
-def flags(name: str) -> list[str]:
-    """The trainer flags of a variant (a continued one: its base's, changed, and ``--resume``)."""
-    if name not in CONTINUED:
-        return VARIANTS[name]
-    base, changes = CONTINUED[name]
-    return set_flags(flags(base), **changes) + ["--resume"]
-
-
 def command(name: str, seed: int) -> list[str]:
     # COMMON's optimiser flags come first; the variant's follow and win
-    return ["python", "-m", "mac_minimal.train", *COMMON, *flags(name), "--seed", str(seed),
+    return ["python", "-m", "mac_minimal.train", *COMMON, *variant_flags(name, VARIANTS, CONTINUED),
+            "--seed", str(seed),
             "--out", str((RUNS / f"{name}-s{seed}").relative_to(ROOT))]
 
 

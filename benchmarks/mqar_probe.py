@@ -31,8 +31,9 @@ from mqar import CONTINUED, OUT, RUNS, VARIANTS
 BATCHES, BATCH_SIZE = 4, 32                      # evaluate_mqar's evaluation in the runs
 
 
-def written_inputs(model: torch.nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer, what its memory writes for ``tokens`` (b, n): the attention outputs y (b, n, d)."""
+def written_inputs(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits for ``tokens`` (b, n) and, per layer, what its memory writes: the attention
+    outputs y (b, n, d)."""
     caught: list[list[torch.Tensor]] = [[] for _ in model.blocks]
     hooks = [block.attn.memory.register_forward_pre_hook(lambda _m, args, layer=layer: caught[layer].append(args[0]))
              for layer, block in enumerate(model.blocks)]
@@ -71,7 +72,7 @@ def probe(name: str, seed: int) -> dict:
                     counts["a_value_not_in_the_stream"] += 1
                 else:
                     counts["not_a_value"] += 1
-            if pairs == cfg.num_facts // 2:                   # rates and keys on one batch of 4 pairs (8 max)
+            if pairs == cfg.num_facts // 2:                   # rates and keys: the last batch of 4 pairs
                 layers = [memory_rates_and_keys(block.attn.memory, y, pairs)
                           for block, y in zip(model.blocks, written)]
         total = sum(counts.values())

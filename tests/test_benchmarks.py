@@ -122,6 +122,7 @@ def test_memory_horizon_forces_the_filler_step_and_builds_its_curricula():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import memory_horizon as horizon
+        from common import variant_flags
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     import torch
@@ -144,7 +145,7 @@ def test_memory_horizon_forces_the_filler_step_and_builds_its_curricula():
         with horizon.shifted_alpha(model, -3.0):
             assert model.blocks[0].attn.memory.to_rates.bias[2] == -7.0
         assert model.blocks[0].attn.memory.to_rates.bias[2] == -4.0
-    flags = horizon.flags("alpha-10-then256")
+    flags = variant_flags("alpha-10-then256", horizon.VARIANTS, horizon.CONTINUED)
     assert flags.count("--resume") == 1 and flags[flags.index("--seq-len") + 1] == "256"
     assert flags[flags.index("--memory-alpha-logit-init") + 1] == "-10"
     assert horizon.long_distances(1024, 64, 8) == [4, 8, 16, 32, 60, 128, 256, 512, 768, 1021]
