@@ -47,6 +47,14 @@ VARIANTS = {
     # behind mac-3000: book/results/mqar/mac-eta0.9-3000-s0.json)
     "mac-eta0.9-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                        + ["--memory-max-momentum", "0.9", "--dim", "64", "--steps", "3000", "--compile"],
+    # the memory alone (benchmarks/mqar_memory_alone.py) holds four pairs with orthogonal keys at 0.80
+    # with momentum 0.95, at 0.99 without: a write's momentum keeps adding the first pairs' gradients
+    # while the later pairs are written. No momentum, at the same step cap and at a larger one
+    "mac-momentum0-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                          + ["--memory-max-momentum", "0", "--dim", "64", "--steps", "3000", "--compile"],
+    "mac-momentum0-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+                                + set_flags(MAC, memory_max_lr="0.1")
+                                + ["--memory-max-momentum", "0", "--dim", "64", "--steps", "3000", "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

@@ -87,7 +87,7 @@ MODEL_FLAGS = {
     "chunk_size": (int, "MAC memory chunk"),
     "memory_max_lr": (float, "MAC memory: cap of the step size theta_t"),
     "memory_max_momentum": (float, "MAC memory: cap of the momentum eta_t (1: the paper's; 0.9 keeps "
-                                   "a write's effect from growing with its age)"),
+                                   "a write's effect from growing with its age; 0: no momentum)"),
     "memory_theta_logit_init": (float, "MAC memory: initial bias of the step-size logit, "
                                        "theta_t = memory_max_lr * sigmoid(logit)"),
     "memory_alpha_logit_init": (float, "MAC memory: initial bias of the forgetting logit, "

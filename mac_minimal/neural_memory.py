@@ -62,7 +62,8 @@ class NeuralMemoryConfig:
     max_lr: the step size ``theta_t`` lies in (0, max_lr). Default 0.03, what MAC needs to train
         (chapter 8: a smaller step keeps the gradient through the chain of writes tame,
         ``benchmarks/mac_trainability.py``); chapter 4 works with 0.1.
-    max_momentum: the momentum ``eta_t`` lies in (0, max_momentum). Default 1 (the paper's
+    max_momentum: the momentum ``eta_t`` lies in (0, max_momentum), or is 0 with ``max_momentum=0``
+        (no momentum: eq. 8's plain gradient step, with forgetting). Default 1 (the paper's
         sigmoid). A write keeps moving the weights for about ``1 / (1 - eta)`` tokens, so a momentum
         learned near 1 makes what a fact left in the memory grow with the time since it was written;
         0.9 caps that at about 10 tokens, and the read is then the same at distance 100 as at 1,000
@@ -93,7 +94,7 @@ class NeuralMemoryConfig:
             require_positive_int(f"NeuralMemoryConfig.{name}", getattr(self, name))
         for name in ("max_lr", "grad_bound", "ln_eps"):
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name), low=0.0)
-        require_number("NeuralMemoryConfig.max_momentum", self.max_momentum, low=0.0, high=1.0)
+        require_number("NeuralMemoryConfig.max_momentum", self.max_momentum, low=0.0, high=1.0, closed=True)
         for name in ("theta_logit_init", "alpha_logit_init"):
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name))
 

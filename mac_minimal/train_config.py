@@ -129,7 +129,7 @@ class TrainConfig:
             require_positive_int(name, getattr(self, name))
         require_number("lr", self.lr, low=0.0)
         require_number("memory_max_lr", self.memory_max_lr, low=0.0)   # NeuralMemoryConfig.max_lr, by its flag's name
-        require_number("memory_max_momentum", self.memory_max_momentum, low=0.0, high=1.0)
+        require_number("memory_max_momentum", self.memory_max_momentum, low=0.0, high=1.0, closed=True)
         for name in ("memory_theta_logit_init", "memory_alpha_logit_init"):
             require_number(name, getattr(self, name))
         require_number("grad_clip", self.grad_clip, low=0.0)

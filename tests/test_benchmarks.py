@@ -174,3 +174,24 @@ def test_titans_variants_text_and_cost_at_toy_sizes(tmp_path):
     assert all(m["step_s"] > 0 and m["flops"] > 0 and m["seq_len"] == 16 for m in models.values())
     assert models["mac"]["flops"] > models["mac_no_memory"]["flops"]
     assert models["mac"]["dim"] == 32 and models["mag"]["variant"] == "mag"
+
+
+def test_memory_alone_holds_orthogonal_pairs_and_momentum_blends_them():
+    """mqar_memory_alone's keys have the asked cosine; without momentum the memory holds four pairs with
+    orthogonal keys (every key reads back its own value), and a momentum of 0.95 with alike keys blends
+    them: the best reader then picks another pair's value for many keys."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mqar_memory_alone as alone
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import torch
+    from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig
+
+    keys, _ = alone.keys_and_values(4, 0.25, torch.Generator().manual_seed(0))
+    cosines = torch.einsum("bnd,bmd->bnm", keys, keys)
+    assert torch.allclose(cosines, torch.full_like(cosines, 0.25) + 0.75 * torch.eye(4), atol=1e-5)
+    torch.manual_seed(0)
+    memory = NeuralMemory(NeuralMemoryConfig(dim=alone.DIM, chunk_size=8))
+    assert alone.cell(memory, 4, 0.0, 0.0, 0.03)["accuracy"] >= 0.98
+    assert alone.cell(memory, 4, 0.5, 0.95, 0.03)["accuracy"] < 0.7

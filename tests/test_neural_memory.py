@@ -328,8 +328,8 @@ def test_config_errors():
     for bad in (float("inf"), float("nan"), -0.1):
         with pytest.raises(ValueError, match=r"max_lr.*> 0.*" + repr(bad).replace(".", r"\.")):
             NeuralMemoryConfig(max_lr=bad)
-    for bad in (0.0, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"NeuralMemoryConfig\.max_momentum must be > 0 and <= 1"):
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"NeuralMemoryConfig\.max_momentum must be >= 0 and <= 1"):
             NeuralMemoryConfig(max_momentum=bad)
     for name in ("theta_logit_init", "alpha_logit_init"):
         with pytest.raises(ValueError, match=rf"NeuralMemoryConfig\.{name} must be any finite number, got nan"):
@@ -356,6 +356,21 @@ def test_max_momentum_caps_eta_and_only_eta():
     (theta, eta, alpha), (theta_c, eta_c, alpha_c) = free.rates(x), capped.rates(x)
     assert_close(eta_c, 0.9 * eta)
     assert bool((eta_c < 0.9).all()) and torch.equal(theta_c, theta) and torch.equal(alpha_c, alpha)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_no_momentum_is_a_plain_step_and_both_forms_agree(chunk_size):
+    """``max_momentum=0``: eta_t is exactly 0, so S_t = -theta_t grad and M_t = (1 - alpha_t) M_{t-1} + S_t
+    (eq. 8 with forgetting); the dual form (whose decay products take no logarithm or division)
+    equals the token loop in values and gradients."""
+    model = make(chunk_size, max_momentum=0.0)
+    x = tokens(n=9)
+    assert torch.equal(model.rates(x)[1], torch.zeros(2, 9, dtype=torch.float64))
+    y_fast, s_fast = model(x)
+    y_slow, s_slow = model.forward_sequential(x)
+    assert_states_close(s_fast, s_slow)
+    assert_same_values_and_gradients([y_fast, state_summary(s_fast)], [y_slow, state_summary(s_slow)],
+                                     list(model.parameters()))
 
 
 def test_memory_of_its_own_needs_a_dim():

@@ -182,9 +182,10 @@ def test_memory_flags_reach_the_mac_config(capsys):
                           64).memory
     assert (memory.alpha_logit_init, memory.theta_logit_init) == (-7.0, -3.0)
     assert model_config(parse_args(TINY + ["--memory-max-momentum", "0.9"]), 64).memory.max_momentum == 0.9
+    assert model_config(parse_args(TINY + ["--memory-max-momentum", "0"]), 64).memory.max_momentum == 0.0
     with pytest.raises(SystemExit):
         parse_args(TINY + ["--memory-max-momentum", "1.5"])
-    assert "--memory-max-momentum must be > 0 and <= 1, got 1.5" in capsys.readouterr().err
+    assert "--memory-max-momentum must be >= 0 and <= 1, got 1.5" in capsys.readouterr().err
 
 
 def test_peak_memory_is_reported_in_bytes_on_the_cpu():
