@@ -55,6 +55,11 @@ VARIANTS = {
     "mac-momentum0-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
                                 + set_flags(MAC, memory_max_lr="0.1")
                                 + ["--memory-max-momentum", "0", "--dim", "64", "--steps", "3000", "--compile"],
+    # the trained mac-3000-then6000 answers a question about as well with its memory's matrices reset
+    # before the read as without (benchmarks/mqar_probe.py): the read's answer comes from the layer
+    # norm's gain and bias, the same for every key. Writing only the matrices takes that path away
+    "mac-matrices-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                         + ["--no-memory-write-norm", "--dim", "64", "--steps", "3000", "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

@@ -10,7 +10,11 @@ pair's place in the stream (0: written first). Then, per layer, the memory's rat
 are written and elsewhere (the step size ``theta_t`` at the pairs' value and key tokens and at
 every later token; the momentum ``eta_t``; the forgetting ``alpha_t``) and the cosine between the
 keys ``k_t`` written at the value tokens of two different pairs (1: the memory cannot tell them
-apart; 0: orthogonal, each fact stored apart).
+apart; 0: orthogonal, each fact stored apart), and how the query read at each question meets the key
+written at its own pair's value and at the other pairs' (mean cosines; how often its own is the
+nearest). Last, the evaluation again with every memory's momentum removed and its step size scaled
+by 20, so that a write moves the weights as far in total as with a momentum of 0.95: does the
+trained model recall more pairs when the first ones no longer keep growing?
 
 Writes ``book/results/mqar/probe-NAME-sSEED.json``.
 
@@ -18,31 +22,57 @@ Writes ``book/results/mqar/probe-NAME-sSEED.json``.
 """
 
 import argparse
-import json
+import contextlib
 import sys
+from typing import Iterator
 
 import torch
 
 from common import environment, load_recall_run, write_json
-from mac_minimal.data import mqar_batch
-from mac_minimal.evaluation import EVAL_SEED, beyond_segment, mqar_pair_counts
+from mac_minimal.data import Batch, mqar_batch
+from mac_minimal.neural_memory import NeuralMemoryState
+from mac_minimal.evaluation import EVAL_SEED, beyond_segment, evaluate_mqar, mqar_pair_counts
 from mqar import CONTINUED, OUT, RUNS, VARIANTS
 
 BATCHES, BATCH_SIZE = 4, 32                      # evaluate_mqar's evaluation in the runs
+MOMENTUM_FREE_STEP_SCALE = 20.0
+# the read at a question with part of the memory as it was before any write: the two matrices, which
+# a key selects from, or the layer norm's gain and bias, which add the same to every key's read
+READ_WITH_INITIAL = {"W1 and W2": (0, 1), "gain and bias": (2, 3)}
 
 
-def written_inputs(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The logits for ``tokens`` (b, n) and, per layer, what its memory writes: the attention
-    outputs y (b, n, d)."""
-    caught: list[list[torch.Tensor]] = [[] for _ in model.blocks]
-    hooks = [block.attn.memory.register_forward_pre_hook(lambda _m, args, layer=layer: caught[layer].append(args[0]))
-             for layer, block in enumerate(model.blocks)]
+def written_inputs(model: torch.nn.Module, tokens: torch.Tensor
+                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The logits for ``tokens`` (b, n) and, per layer, what its memory writes (the attention
+    outputs y, b, n, d) and what it reads with (the layer's input x, whose queries eq. 21 takes)."""
+    written: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    read: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    hooks = [module.register_forward_pre_hook(lambda _m, args, into=into: into.append(args[0]))
+             for block, w, r in zip(model.blocks, written, read)
+             for module, into in ((block.attn.memory, w), (block.attn, r))]
     try:
         logits, _ = model(tokens)
     finally:
         for hook in hooks:
             hook.remove()
-    return logits, [torch.cat(pieces, dim=1) for pieces in caught]
+    return logits, *([torch.cat(pieces, dim=1) for pieces in caught] for caught in (written, read))
+
+
+@contextlib.contextmanager
+def without_momentum(model: torch.nn.Module, step_scale: float) -> Iterator[None]:
+    """While inside, every memory writes with ``eta_t = 0`` and ``theta_t`` times ``step_scale`` (20
+    keeps a write's total move, ``theta / (1 - eta)``, at a momentum of 0.95); undone on exit."""
+    memories = [block.attn.memory for block in model.blocks]
+    for memory in memories:
+        def rates(y: torch.Tensor, memory: torch.nn.Module = memory) -> tuple[torch.Tensor, ...]:
+            theta, eta, alpha = type(memory).rates(memory, y)
+            return theta * step_scale, torch.zeros_like(eta), alpha
+        memory.rates = rates
+    try:
+        yield
+    finally:
+        for memory in memories:
+            del memory.rates
 
 
 @torch.no_grad()
@@ -57,7 +87,7 @@ def probe(name: str, seed: int) -> dict:
         by_pair = [0] * pairs
         for _ in range(BATCHES):
             batch = mqar_batch(BATCH_SIZE, cfg.seq_len, pairs, generator, task)
-            logits, written = written_inputs(model, batch.inputs)
+            logits, written, read = written_inputs(model, batch.inputs)
             predicted, far = logits.argmax(-1), beyond_segment(batch, pairs, cfg.segment_len)
             values = batch.inputs[:, 1: 2 * pairs: 2]                                   # (b, N)
             for row, position in far.nonzero().tolist():
@@ -73,8 +103,8 @@ def probe(name: str, seed: int) -> dict:
                 else:
                     counts["not_a_value"] += 1
             if pairs == cfg.num_facts // 2:                   # rates and keys: the last batch of 4 pairs
-                layers = [memory_rates_and_keys(block.attn.memory, y, pairs)
-                          for block, y in zip(model.blocks, written)]
+                layers = [memory_rates_and_keys(block.attn.memory, y, x, batch, pairs)
+                          for block, y, x in zip(model.blocks, written, read)]
         total = sum(counts.values())
         answers[pairs] = {"asked_beyond_segment": total, **{k: v / total for k, v in counts.items()},
                           "another_pairs_value_by_place": by_pair}
@@ -82,14 +112,48 @@ def probe(name: str, seed: int) -> dict:
         print(f"  {name} s{seed}, {pairs} pairs: {shares}, wrong by place {by_pair}", flush=True)
     for layer, row in enumerate(layers):
         print(f"  layer {layer + 1}: {row}", flush=True)
+    with without_momentum(model, MOMENTUM_FREE_STEP_SCALE):
+        free = evaluate_mqar(model, cfg.seq_len, cfg.num_facts, cfg.segment_len, BATCH_SIZE, BATCHES,
+                             task=task)["beyond_segment"]
+    print(f"  without momentum, step x{MOMENTUM_FREE_STEP_SCALE}: {free}", flush=True)
+    initial_parts = {}
+    for label, parts in READ_WITH_INITIAL.items():
+        with read_with_initial(model, parts):
+            initial_parts[label] = evaluate_mqar(model, cfg.seq_len, cfg.num_facts, cfg.segment_len, BATCH_SIZE,
+                                                 BATCHES, task=task)["beyond_segment"]
+        print(f"  eq. 21 read with M_0's {label}: {initial_parts[label]}", flush=True)
     return {"variant": name, "seed": seed, "step": step, "command": " ".join(["python", *sys.argv]),
             "environment": environment() | {"threads": 1}, "batches": BATCHES, "batch_size": BATCH_SIZE,
-            "answers_beyond_segment": answers, "memory_by_layer": layers, "rates_and_keys_pairs": cfg.num_facts // 2}
+            "answers_beyond_segment": answers, "memory_by_layer": layers, "rates_and_keys_pairs": cfg.num_facts // 2,
+            "momentum_free_step_scale": MOMENTUM_FREE_STEP_SCALE, "beyond_segment_without_momentum": free,
+            "beyond_segment_read_with_initial": initial_parts}
 
 
-def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, pairs: int) -> dict:
-    """Mean rates at the pairs' value tokens, key tokens and the tokens after the pairs, and the mean
-    cosine between the keys written at the value tokens of two different pairs."""
+@contextlib.contextmanager
+def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> Iterator[None]:
+    """While inside, eq. (21)'s read (``h = M*_{t-1}(q)``) uses the fast weights numbered ``parts``
+    (0: W1, 1: W2, 2: the layer norm's gain, 3: its bias) as they were before anything was written,
+    ``M_0``'s, and the written ones for the rest; the writes themselves are unchanged. Undone on exit."""
+    memories = [block.attn.memory for block in model.blocks]
+    for memory in memories:
+        def read(q_input: torch.Tensor, state: NeuralMemoryState, memory: torch.nn.Module = memory) -> torch.Tensor:
+            initial = [p.expand_as(w) for p, w in zip(memory.initial_weights, state.weights)]
+            weights = tuple(initial[i] if i in parts else w for i, w in enumerate(state.weights))
+            return type(memory).read(memory, q_input, state._replace(weights=weights))
+        memory.read = read
+    try:
+        yield
+    finally:
+        for memory in memories:
+            del memory.read
+
+
+def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, x: torch.Tensor, batch: Batch,
+                          pairs: int) -> dict:
+    """Mean rates at the pairs' value tokens, key tokens and the tokens after the pairs; the mean
+    cosine between the keys written at the value tokens of two different pairs; and how the query
+    read at each question (eq. 21, from the layer's input x) meets the key written at its own pair's
+    value and at the other pairs' values (mean cosine each)."""
     theta, eta, alpha = memory.rates(y)                                  # (b, n) each
     keys, _ = memory.keys_values(y)                                      # unit vectors (b, n, d)
     value_tokens, key_tokens = slice(1, 2 * pairs, 2), slice(0, 2 * pairs, 2)
@@ -97,12 +161,20 @@ def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, pairs: int) 
     k = keys[:, value_tokens]                                            # (b, N, d)
     cosine = k @ k.mT
     different = ~torch.eye(pairs, dtype=torch.bool)
+    rows, places = batch.mask.nonzero(as_tuple=True)                     # every question
+    asked = batch.inputs[rows, places]                                   # its key token
+    own = (batch.inputs[rows, 0: 2 * pairs: 2] == asked[:, None]).float().argmax(-1)   # its pair
+    match = torch.einsum("qd,qnd->qn", memory.queries(x[rows, places]), k[rows])       # (questions, N)
+    is_own = torch.nn.functional.one_hot(own, pairs).bool()
     return {"theta_value_tokens": float(theta[:, value_tokens].mean()),
             "theta_key_tokens": float(theta[:, key_tokens].mean()),
             "theta_after_pairs": float(theta[:, after].mean()),
             "eta_value_tokens": float(eta[:, value_tokens].mean()), "eta_after_pairs": float(eta[:, after].mean()),
             "alpha_mean": float(alpha.mean()),
-            "key_cosine_between_pairs": float(cosine[:, different].mean())}
+            "key_cosine_between_pairs": float(cosine[:, different].mean()),
+            "query_cosine_own_key": float(match[is_own].mean()),
+            "query_cosine_other_keys": float(match[~is_own].mean()),
+            "query_nearest_own_key": float((match.argmax(-1) == own).float().mean())}
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ the batches and computes exactly the losses of the uninterrupted run. It is writ
 
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,19 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _defaults(config: Any) -> dict[str, Any]:
+    """The default of every field of the dataclass ``config``, nested dataclasses as dicts (a field
+    without a default is left out): what a checkpoint saved before a field existed was trained with."""
+    defaults = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            defaults[f.name] = _defaults(value)
+        elif f.default is not MISSING:
+            defaults[f.name] = f.default
+    return defaults
+
+
 def _foreign(payload: object) -> list[str]:
     """What makes ``payload`` no checkpoint of this trainer: each key of :data:`CHECKPOINT_TYPES` that
     is missing or holds another type (empty for a checkpoint of this trainer)."""
@@ -112,13 +125,16 @@ def load_checkpoint(path: Path, model_name: str, config: Any) -> dict[str, Any]:
     value types of :data:`CHECKPOINT_TYPES`) holding ``model_name`` with ``config``.
 
     Raises :class:`CheckpointError` naming every config field that differs (nested ones dotted,
-    ``memory.chunk_size``).
+    ``memory.chunk_size``). A field the checkpoint does not hold (added to the config after it was
+    saved) counts as its default.
     """
     payload = _read(path, missing="--resume: no checkpoint at", after="; nothing was overwritten")
     if payload["model_name"] != model_name:
         raise CheckpointError(f"checkpoint {path} holds model {payload['model_name']!r}, "
                               f"requested {model_name!r}")
     saved, requested = _flat(payload["model_config"]), _flat(asdict(config))
+    for key, default in _flat(_defaults(config)).items():     # a field newer than the checkpoint: its default
+        saved.setdefault(key, default)
     differing = [f"{k}: checkpoint {saved.get(k)!r}, requested {requested.get(k)!r}"
                  for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k)]
     if differing:

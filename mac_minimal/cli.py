@@ -139,6 +139,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--memory-scale-init", type=float_or_none, default=d.memory_scale_init,
                    help="MAC: a learned scalar on the memory term of eq. 25, initialised to this; "
                         "none: no scale, o = y + M(y)")
+    g.add_argument("--memory-write-norm", action=argparse.BooleanOptionalAction, default=d.memory_write_norm,
+                   help="MAC memory: a write moves the layer norm's gain and bias too (the default); "
+                        "--no-memory-write-norm: only the matrices W1, W2, which a key selects")
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=TASKS, default=d.task,
                    help="recall: facts far back in filler; mqar: multi-query associative recall (Zoology); "

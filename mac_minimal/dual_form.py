@@ -57,7 +57,8 @@ class GradientFactors(NamedTuple):
     scale: Tensor         # u_s                      (b, c)
 
 
-def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, eps: float) -> GradientFactors:
+def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, eps: float,
+                         write_norm: bool = True) -> GradientFactors:
     """Eq. (12)'s gradient ``grad l(W; k_s, v_s)`` for every token at the same weights, by hand.
 
     weights: ``(W1 (b, f, d), W2 (b, d, f), gain (b, d), bias (b, d))``; k, v: (b, c, d).
@@ -79,14 +80,16 @@ def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, e
                            - normed * (delta_normed * normed).mean(-1, keepdim=True))
     # (W2^T do) * gelu'(a), by PyTorch's fused GELU backward: one op instead of gelu_derivative's ten
     delta_hidden = torch.ops.aten.gelu_backward(delta_out @ w2, a)  # (b, c, f)
-    grad_gain = error * normed
+    grad_gain, grad_bias = error * normed, error
+    if not write_norm:                                          # only W1 and W2 are written
+        grad_gain, grad_bias = torch.zeros_like(grad_gain), torch.zeros_like(grad_bias)
     # ||G_s||^2 over all fast weights; an outer product's norm is the product of the two norms
     def sq(t: Tensor) -> Tensor:                                # |t_s|^2 per token, (b, c)
         return torch.linalg.vecdot(t, t)
 
-    sq_norm = sq(delta_hidden) * sq(k) + sq(delta_out) * sq(z) + sq(grad_gain) + sq(error)
+    sq_norm = sq(delta_hidden) * sq(k) + sq(delta_out) * sq(z) + sq(grad_gain) + sq(grad_bias)
     scale = bound / sq_norm.clamp(min=bound**2).sqrt()         # the same clip as chapter 4's
-    return GradientFactors(k, z, delta_hidden, delta_out, grad_gain, error, scale)
+    return GradientFactors(k, z, delta_hidden, delta_out, grad_gain, grad_bias, scale)
 
 
 def decay_matrix(a: Tensor) -> Tensor:
@@ -160,15 +163,16 @@ def chunk_end(coef: ChunkCoefficients, weights: Weights, momentum: Weights, grad
 
 
 def dual_chunk(weights: Weights, momentum: Weights, chunk_weights: Weights, k: Tensor, v: Tensor,
-               theta: Tensor, eta: Tensor, alpha: Tensor, q: Tensor | None, bound: float, eps: float
-               ) -> tuple[Weights, Weights, Tensor | None]:
+               theta: Tensor, eta: Tensor, alpha: Tensor, q: Tensor | None, bound: float, eps: float,
+               write_norm: bool = True) -> tuple[Weights, Weights, Tensor | None]:
     """Write c tokens that lie in ONE chunk and, if q is given, read ``y_t = M_t(q_t)`` for each.
 
     weights, momentum: ``M_prev``, ``S_prev`` before the first of these tokens; chunk_weights: the
     weights where the chunk began (eq. 16's gradients are taken there). k, v, q: (b, c, d); rates
-    (b, c). Returns the weights and momentum after the last token and y (b, c, d) or None.
+    (b, c). ``write_norm=False`` writes W1 and W2 only (:class:`~mac_minimal.neural_memory.NeuralMemoryConfig`).
+    Returns the weights and momentum after the last token and y (b, c, d) or None.
     """
-    grads = mlp_gradient_factors(chunk_weights, k, v, bound, eps)
+    grads = mlp_gradient_factors(chunk_weights, k, v, bound, eps, write_norm)
     coef = chunk_coefficients(theta, eta, alpha, grads.scale)
     y = None
     if q is not None:

@@ -75,6 +75,11 @@ class NeuralMemoryConfig:
     alpha_logit_init: initial bias of the forgetting rate's logit, ``alpha = sigmoid(logit)``.
         -4 (alpha ~ 0.018) forgets a write in about 1 / alpha ~ 55 tokens; -7 (alpha ~ 0.0009)
         keeps it for about 1,100 (chapter 8, 'The memory's horizon').
+    write_norm: True (default): a write moves every fast weight, the matrices W1, W2 and the layer
+        norm's gain and bias. False: only W1 and W2; the gain and bias keep M_0's values (forgetting
+        still shrinks them, like every fast weight). The bias adds the same vector to the read of
+        every key, so a memory that writes it can answer a question without matching its key
+        (chapter 8, 'Many facts').
     """
 
     dim: int | None = None
@@ -86,6 +91,7 @@ class NeuralMemoryConfig:
     ln_eps: float = 1e-5
     theta_logit_init: float = 0.0
     alpha_logit_init: float = -4.0
+    write_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.dim is not None:
@@ -97,6 +103,8 @@ class NeuralMemoryConfig:
         require_number("NeuralMemoryConfig.max_momentum", self.max_momentum, low=0.0, high=1.0, closed=True)
         for name in ("theta_logit_init", "alpha_logit_init"):
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name))
+        if not isinstance(self.write_norm, bool):
+            raise TypeError(f"NeuralMemoryConfig.write_norm must be True or False, got {self.write_norm!r}")
 
 
 class NeuralMemoryState(NamedTuple):
@@ -120,6 +128,15 @@ class NeuralMemoryState(NamedTuple):
 def _as_rate(rate: Tensor, like: Tensor) -> Tensor:
     """Reshape a rate ``(b,)`` or ``(b, c)`` to broadcast against ``like`` ``(b, [c,] *shape)``."""
     return rate.reshape(*rate.shape, *([1] * (like.dim() - rate.dim())))
+
+
+def written(grads: Weights, write_norm: bool) -> Weights:
+    """The gradients a write applies: all four, or (``write_norm=False``) W1's and W2's with zeros
+    for the layer norm's gain and bias (before clipping, so the bound is on what is written)."""
+    if write_norm:
+        return grads
+    g1, g2, g_gain, g_bias = grads
+    return g1, g2, torch.zeros_like(g_gain), torch.zeros_like(g_bias)
 
 
 def chunk_lengths(n: int, chunk_size: int, offset: int) -> list[int]:
@@ -275,7 +292,7 @@ class NeuralMemory(nn.Module):
         outputs = []
         for k_c, v_c, theta_c, eta_c, alpha_c, q_c in pieces:
             weights, momentum, y = dual_chunk(weights, momentum, chunk_weights, k_c, v_c, theta_c, eta_c,
-                                              alpha_c, q_c, cfg.grad_bound, cfg.ln_eps)
+                                              alpha_c, q_c, cfg.grad_bound, cfg.ln_eps, cfg.write_norm)
             outputs.append(y)
             offset = (offset + k_c.shape[1]) % cfg.chunk_size
             if offset == 0:  # a new chunk starts at the weights just reached
@@ -301,7 +318,8 @@ class NeuralMemory(nn.Module):
         n, start, outputs = k.shape[1], 0, []
         while start < n:
             end = min(n, start + cfg.chunk_size - offset)  # stop at the next absolute chunk boundary
-            grads = token_gradients(chunk_weights, k[:, start:end], v[:, start:end], cfg.ln_eps)
+            grads = written(token_gradients(chunk_weights, k[:, start:end], v[:, start:end], cfg.ln_eps),
+                            cfg.write_norm)
             grads = clip_gradients((flatten_weights(grads, 2),), cfg.grad_bound, lead_dims=2)[0]  # (b, c, P)
             theta_c, eta_c, alpha_c = (r[:, start:end, None] for r in (theta, eta, alpha))  # (b, c, 1)
             # eq. (18): S_t = eta_t S_{t-1} - theta_t u_t, for every token of the chunk
@@ -346,7 +364,8 @@ class NeuralMemory(nn.Module):
         token_grad = vmap(grad(associative_loss), in_dims=(0, 0, 0, None))  # one memory per batch row
         for t in range(k.shape[1]):
             # eq. (12)'s gradient at the weights where this token's chunk began, bounded
-            g = clip_gradients(token_grad(chunk_weights, k[:, t], v[:, t], cfg.ln_eps), cfg.grad_bound, lead_dims=1)
+            g = clip_gradients(written(token_grad(chunk_weights, k[:, t], v[:, t], cfg.ln_eps), cfg.write_norm),
+                               cfg.grad_bound, lead_dims=1)
             theta_t, eta_t, alpha_t = theta[:, t], eta[:, t], alpha[:, t]  # (b,)
             # eq. (14): S_t = eta_t S_{t-1} - theta_t grad l(M_{t'}; x_t)
             momentum = tuple(_as_rate(eta_t, s) * s - _as_rate(theta_t, gi) * gi for s, gi in zip(momentum, g))

@@ -45,9 +45,9 @@ class TrainConfig:
 
     Flat on purpose: one flag, one field, and a recorded run's config is a flat JSON object. The
     model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``,
-    ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init`` and ``memory_alpha_logit_init``
-    are its ``memory.chunk_size``, ``memory.max_lr``, ``memory.max_momentum``, ``memory.theta_logit_init``
-    and ``memory.alpha_logit_init``. For ``mag``, ``mal`` and ``swa``, ``segment_len`` is the sliding
+    ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init``, ``memory_alpha_logit_init``
+    and ``memory_write_norm`` are its ``memory.chunk_size``, ``memory.max_lr``, ``memory.max_momentum``,
+    ``memory.theta_logit_init``, ``memory.alpha_logit_init`` and ``memory.write_norm``. For ``mag``, ``mal`` and ``swa``, ``segment_len`` is the sliding
     window (each token attends to itself and the ``segment_len - 1`` before it, as many recent tokens
     as MAC's segment holds), the memory fields are theirs, and ``memory_scale_init`` is unused.
     """
@@ -70,6 +70,7 @@ class TrainConfig:
     memory_max_momentum: float = _MAC.memory.max_momentum
     memory_theta_logit_init: float = _MAC.memory.theta_logit_init
     memory_alpha_logit_init: float = _MAC.memory.alpha_logit_init
+    memory_write_norm: bool = _MAC.memory.write_norm
     memory_scale_init: float | None = _MAC.memory_scale_init
     seq_len: int = 128
     batch_size: int = 8
@@ -190,7 +191,7 @@ def _memory(cfg: TrainConfig) -> NeuralMemoryConfig:
     """The memory of every model that has one: ``--chunk-size`` and the ``--memory-*`` flags."""
     return NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr,
                               max_momentum=cfg.memory_max_momentum, theta_logit_init=cfg.memory_theta_logit_init,
-                              alpha_logit_init=cfg.memory_alpha_logit_init)
+                              alpha_logit_init=cfg.memory_alpha_logit_init, write_norm=cfg.memory_write_norm)
 
 
 def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:

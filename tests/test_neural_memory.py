@@ -373,6 +373,31 @@ def test_no_momentum_is_a_plain_step_and_both_forms_agree(chunk_size):
                                      list(model.parameters()))
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_matrices_only_write_leaves_gain_and_bias_to_forgetting_and_all_forms_agree(chunk_size):
+    """``write_norm=False``: no gradient reaches the layer norm's gain and bias, so their momentum stays
+    zero and they are M_0's shrunk by the forgetting alone, prod_t (1 - alpha_t); W1 and W2 are written
+    as before. The dual form equals the materialised form and the token loop, values and gradients."""
+    model = make(chunk_size, write_norm=False)
+    x = tokens(n=9)
+    y_fast, s_fast = model(x)
+    y_slow, s_slow = model.forward_sequential(x)
+    y_mat, s_mat = model.forward_materialized(x)
+    assert_states_close(s_fast, s_slow)
+    assert_states_close(s_mat, s_slow)
+    kept = (1 - model.rates(x)[2]).prod(dim=1)                        # (b,)
+    for initial, weight, momentum in zip(model.initial_weights[2:], s_fast.weights[2:], s_fast.momentum[2:]):
+        assert torch.equal(momentum, torch.zeros_like(momentum))
+        assert_close(weight, kept[:, None] * initial.detach())
+    for initial, weight in zip(model.initial_weights[:2], s_fast.weights[:2]):
+        assert not torch.allclose(weight, initial.detach().expand_as(weight))
+    assert_same_values_and_gradients([y_fast, state_summary(s_fast)], [y_slow, state_summary(s_slow)],
+                                     list(model.parameters()))
+    assert_same_values_and_gradients([y_mat], [y_slow], list(model.parameters()))
+    with pytest.raises(TypeError, match="NeuralMemoryConfig.write_norm must be True or False, got 'no'"):
+        NeuralMemoryConfig(write_norm="no")
+
+
 def test_memory_of_its_own_needs_a_dim():
     """``dim=None`` means 'the MAC layer's width': a config may leave it open, a memory may not."""
     with pytest.raises(ValueError, match="dim") as error:

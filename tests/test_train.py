@@ -183,6 +183,8 @@ def test_memory_flags_reach_the_mac_config(capsys):
     assert (memory.alpha_logit_init, memory.theta_logit_init) == (-7.0, -3.0)
     assert model_config(parse_args(TINY + ["--memory-max-momentum", "0.9"]), 64).memory.max_momentum == 0.9
     assert model_config(parse_args(TINY + ["--memory-max-momentum", "0"]), 64).memory.max_momentum == 0.0
+    assert model_config(parse_args(TINY), 64).memory.write_norm is True
+    assert model_config(parse_args(TINY + ["--no-memory-write-norm"]), 64).memory.write_norm is False
     with pytest.raises(SystemExit):
         parse_args(TINY + ["--memory-max-momentum", "1.5"])
     assert "--memory-max-momentum must be >= 0 and <= 1, got 1.5" in capsys.readouterr().err
@@ -305,6 +307,20 @@ def test_a_differing_memory_field_is_named_by_its_dotted_path(tmp_path):
     message = str(info.value)
     assert "memory.chunk_size: checkpoint 4, requested 2" in message
     assert "{" not in message and "max_lr" not in message          # no whole memory config, no equal field
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(tmp_path):
+    """A checkpoint saved before ``memory.write_norm`` existed (its model config lacks the field) was
+    trained with the default: it resumes with the default, and is refused with another value."""
+    cfg = tiny(tmp_path, model="mac", steps=1)
+    train(cfg)
+    payload = torch.load(cfg.checkpoint_path, weights_only=True)
+    del payload["model_config"]["memory"]["write_norm"]
+    save_checkpoint(cfg.checkpoint_path, payload)
+    with pytest.raises(CheckpointError, match="memory.write_norm: checkpoint True, requested False"):
+        train(replace(cfg, steps=2, resume=True, memory_write_norm=False))
+    train(replace(cfg, steps=2, resume=True))
+    assert len(losses(cfg)) == 2
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
