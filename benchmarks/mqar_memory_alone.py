@@ -5,12 +5,13 @@ forgetting: alpha ~ 4.5e-5) is written N key-value pairs (1, 2, 4, 8), one token
 rates: the step size ``theta`` (0.03, MAC's cap; 0.1) and the momentum ``eta`` (0: none; 0.5; 0.9;
 0.95, what MAC learns at the pairs' values, ``benchmarks/mqar_probe.py``). The keys are unit vectors
 whose pairwise cosine is ``c`` (0: orthogonal; 0.25 and 0.5, what MAC's trained keys reach), the
-values ``silu`` of Gaussian vectors, like eq. (11)'s. Each key is then read back, ``M(k_i)`` (eq. 15,
+values ``silu`` of Gaussian vectors, like eq. (11)'s. Every write moves all fast weights (the default)
+or only the matrices W1, W2 (``NeuralMemoryConfig.write_norm=False``). Each key is then read back, ``M(k_i)`` (eq. 15,
 with the key as the query), and the answer is the stored value whose direction is nearest to what the
 writes changed, ``M(k_i) - M_0(k_i)``: the best a reader of the memory could do. Chance is 1 / N.
 
-Writes ``book/results/mqar/memory_alone.json``: accuracy per (c, eta, theta, N) and the size of the
-change relative to the read, over 256 streams per cell.
+Writes ``book/results/mqar/memory_alone.json``: accuracy per (write_norm, c, eta, theta, N) and the
+size of the change relative to the read, over 256 streams per cell.
 
     OMP_NUM_THREADS=1 python benchmarks/mqar_memory_alone.py
 """
@@ -30,6 +31,7 @@ PAIRS = (1, 2, 4, 8)
 COSINES = (0.0, 0.25, 0.5)
 MOMENTA = (0.0, 0.5, 0.9, 0.95)
 STEPS = (0.03, 0.1)
+WRITE_NORM = (True, False)
 ALPHA = 4.5e-5                                   # sigmoid(-10), the MQAR runs' forgetting
 
 
@@ -62,19 +64,23 @@ def cell(memory: NeuralMemory, pairs: int, cosine: float, eta: float, theta: flo
     similarity = torch.einsum("bnd,bmd->bnm", F.normalize(change, dim=-1), F.normalize(values, dim=-1))
     right = similarity.argmax(-1) == torch.arange(pairs)
     return {"pairs": pairs, "key_cosine": cosine, "momentum": eta, "step": theta,
+            "write_norm": memory.config.write_norm,
             "accuracy": round(right.float().mean().item(), 4),
             "relative_change": round((change.norm(dim=-1) / before.norm(dim=-1)).mean().item(), 4)}
 
 
 def main() -> None:
-    torch.manual_seed(SEED)
-    memory = NeuralMemory(NeuralMemoryConfig(dim=DIM, chunk_size=8))
-    start = time.perf_counter()
-    cells = [cell(memory, n, c, eta, theta)
-             for c, eta, theta, n in itertools.product(COSINES, MOMENTA, STEPS, PAIRS)]
-    for c, eta, theta in itertools.product(COSINES, MOMENTA, STEPS):
-        row = [x["accuracy"] for x in cells if (x["key_cosine"], x["momentum"], x["step"]) == (c, eta, theta)]
-        print(f"cosine {c:4} momentum {eta:4} step {theta:4}: pairs {PAIRS} -> {row}", flush=True)
+    start, cells = time.perf_counter(), []
+    for write_norm in WRITE_NORM:
+        torch.manual_seed(SEED)                      # the same M_0 for both
+        memory = NeuralMemory(NeuralMemoryConfig(dim=DIM, chunk_size=8, write_norm=write_norm))
+        cells += [cell(memory, n, c, eta, theta)
+                  for c, eta, theta, n in itertools.product(COSINES, MOMENTA, STEPS, PAIRS)]
+    for write_norm, c, eta, theta in itertools.product(WRITE_NORM, COSINES, MOMENTA, STEPS):
+        row = [x["accuracy"] for x in cells
+               if (x["write_norm"], x["key_cosine"], x["momentum"], x["step"]) == (write_norm, c, eta, theta)]
+        print(f"write_norm {write_norm!s:5} cosine {c:4} momentum {eta:4} step {theta:4}: pairs {PAIRS} -> {row}",
+              flush=True)
     write_json(RESULTS / "mqar" / "memory_alone.json",
                {"command": "OMP_NUM_THREADS=1 python benchmarks/mqar_memory_alone.py",
                 "wall_s": round(time.perf_counter() - start, 1), "environment": environment() | {"threads": 1},
