@@ -67,6 +67,9 @@ CONTINUED = {
     # mac-3000 was still learning: it wrote only at the pairs by then, and the keys of two pairs had
     # moved apart (cosine 0.57 at 1,500 steps, 0.36-0.41 at 3,000; benchmarks/mqar_probe.py)
     "mac-3000-then6000": ("mac-3000", dict(steps=6000)),
+    # writing only the matrices, its two-pair accuracy close to its one-pair at step 3,000 (a lookup,
+    # not a bag of values), and still rising
+    "mac-matrices-3000-then6000": ("mac-matrices-3000", dict(steps=6000)),
 }
 
 

@@ -10,9 +10,9 @@ pair's place in the stream (0: written first). Then, per layer, the memory's rat
 are written and elsewhere (the step size ``theta_t`` at the pairs' value and key tokens and at
 every later token; the momentum ``eta_t``; the forgetting ``alpha_t``) and the cosine between the
 keys ``k_t`` written at the value tokens of two different pairs (1: the memory cannot tell them
-apart; 0: orthogonal, each fact stored apart), and how the query read at each question meets the key
-written at its own pair's value and at the other pairs' (mean cosines; how often its own is the
-nearest). Last, the evaluation again with every memory's momentum removed and its step size scaled
+apart; 0: orthogonal, each fact stored apart), and how the queries read at each question (eq. 21's
+and eq. 25's) meet the key written at its own pair's value and at the other pairs' (mean cosines;
+how often its own is the nearest). Last, the evaluation again with every memory's momentum removed and its step size scaled
 by 20, so that a write moves the weights as far in total as with a momentum of 0.95: does the
 trained model recall more pairs when the first ones no longer keep growing?
 
@@ -152,8 +152,9 @@ def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, x: torch.Ten
                           pairs: int) -> dict:
     """Mean rates at the pairs' value tokens, key tokens and the tokens after the pairs; the mean
     cosine between the keys written at the value tokens of two different pairs; and how the query
-    read at each question (eq. 21, from the layer's input x) meets the key written at its own pair's
-    value and at the other pairs' values (mean cosine each)."""
+    read at each question meets the key written at its own pair's value and at the other pairs'
+    values (mean cosine each; how often its own is the nearest): eq. (21)'s query, from the layer's
+    input x, and (``eq25_``) the query of the read after the write, eq. (25)'s, from y."""
     theta, eta, alpha = memory.rates(y)                                  # (b, n) each
     keys, _ = memory.keys_values(y)                                      # unit vectors (b, n, d)
     value_tokens, key_tokens = slice(1, 2 * pairs, 2), slice(0, 2 * pairs, 2)
@@ -164,17 +165,21 @@ def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, x: torch.Ten
     rows, places = batch.mask.nonzero(as_tuple=True)                     # every question
     asked = batch.inputs[rows, places]                                   # its key token
     own = (batch.inputs[rows, 0: 2 * pairs: 2] == asked[:, None]).float().argmax(-1)   # its pair
-    match = torch.einsum("qd,qnd->qn", memory.queries(x[rows, places]), k[rows])       # (questions, N)
     is_own = torch.nn.functional.one_hot(own, pairs).bool()
+
+    def query_match(inputs: torch.Tensor, prefix: str) -> dict:         # the query of inputs (b, n, d)
+        match = torch.einsum("qd,qnd->qn", memory.queries(inputs[rows, places]), k[rows])   # (questions, N)
+        return {f"{prefix}query_cosine_own_key": float(match[is_own].mean()),
+                f"{prefix}query_cosine_other_keys": float(match[~is_own].mean()),
+                f"{prefix}query_nearest_own_key": float((match.argmax(-1) == own).float().mean())}
+
     return {"theta_value_tokens": float(theta[:, value_tokens].mean()),
             "theta_key_tokens": float(theta[:, key_tokens].mean()),
             "theta_after_pairs": float(theta[:, after].mean()),
             "eta_value_tokens": float(eta[:, value_tokens].mean()), "eta_after_pairs": float(eta[:, after].mean()),
             "alpha_mean": float(alpha.mean()),
             "key_cosine_between_pairs": float(cosine[:, different].mean()),
-            "query_cosine_own_key": float(match[is_own].mean()),
-            "query_cosine_other_keys": float(match[~is_own].mean()),
-            "query_nearest_own_key": float((match.argmax(-1) == own).float().mean())}
+            **query_match(x, ""), **query_match(y, "eq25_")}
 
 
 def main() -> None:
