@@ -70,6 +70,8 @@ CONTINUED = {
     # writing only the matrices, its two-pair accuracy close to its one-pair at step 3,000 (a lookup,
     # not a bag of values), and still rising
     "mac-matrices-3000-then6000": ("mac-matrices-3000", dict(steps=6000)),
+    # seed 0 still rising at step 6,000 (four pairs 0.30 at 4,500, more since): 3,000 steps more
+    "mac-matrices-3000-then9000": ("mac-matrices-3000-then6000", dict(steps=9000)),
 }
 
 
