@@ -47,9 +47,10 @@ class TrainConfig:
     model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``,
     ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init``, ``memory_alpha_logit_init``
     and ``memory_write_norm`` are its ``memory.chunk_size``, ``memory.max_lr``, ``memory.max_momentum``,
-    ``memory.theta_logit_init``, ``memory.alpha_logit_init`` and ``memory.write_norm``. For ``mag``, ``mal`` and ``swa``, ``segment_len`` is the sliding
-    window (each token attends to itself and the ``segment_len - 1`` before it, as many recent tokens
-    as MAC's segment holds), the memory fields are theirs, and ``memory_scale_init`` is unused.
+    ``memory.theta_logit_init``, ``memory.alpha_logit_init`` and ``memory.write_norm``. For ``mag``,
+    ``mal`` and ``swa``, ``segment_len`` is the sliding window (each token attends to itself and the
+    ``segment_len - 1`` before it, as many recent tokens as MAC's segment holds), the memory fields are
+    theirs, and ``memory_scale_init`` is unused.
     """
 
     model: str = "mac"
