@@ -12,9 +12,11 @@ every later token; the momentum ``eta_t``; the forgetting ``alpha_t``) and the c
 keys ``k_t`` written at the value tokens of two different pairs (1: the memory cannot tell them
 apart; 0: orthogonal, each fact stored apart), and how the queries read at each question (eq. 21's
 and eq. 25's) meet the key written at its own pair's value and at the other pairs' (mean cosines;
-how often its own is the nearest). Last, the evaluation again with every memory's momentum removed and its step size scaled
-by 20, so that a write moves the weights as far in total as with a momentum of 0.95: does the
-trained model recall more pairs when the first ones no longer keep growing?
+how often its own is the nearest). Last, the evaluation again, twice changed: with every memory's
+momentum removed and its step size scaled by 20, so that a write moves the weights as far in total
+as with a momentum of 0.95 (does the model recall more pairs when the first ones no longer keep
+growing?); and with eq. 21's read taking part of the memory as it was before any write, the
+matrices W1, W2 or the layer norm's gain and bias (which part carries the answers?).
 
 Writes ``book/results/mqar/probe-NAME-sSEED.json``.
 
@@ -24,14 +26,14 @@ Writes ``book/results/mqar/probe-NAME-sSEED.json``.
 import argparse
 import contextlib
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from common import environment, load_recall_run, write_json
 from mac_minimal.data import Batch, mqar_batch
-from mac_minimal.neural_memory import NeuralMemoryState
 from mac_minimal.evaluation import EVAL_SEED, beyond_segment, evaluate_mqar, mqar_pair_counts
+from mac_minimal.neural_memory import NeuralMemoryState
 from mqar import CONTINUED, OUT, RUNS, VARIANTS
 
 BATCHES, BATCH_SIZE = 4, 32                      # evaluate_mqar's evaluation in the runs
@@ -59,20 +61,41 @@ def written_inputs(model: torch.nn.Module, tokens: torch.Tensor
 
 
 @contextlib.contextmanager
-def without_momentum(model: torch.nn.Module, step_scale: float) -> Iterator[None]:
-    """While inside, every memory writes with ``eta_t = 0`` and ``theta_t`` times ``step_scale`` (20
-    keeps a write's total move, ``theta / (1 - eta)``, at a momentum of 0.95); undone on exit."""
+def memories_with(model: torch.nn.Module, name: str, make: Callable[[torch.nn.Module], Callable]) -> Iterator[None]:
+    """While inside, every layer's memory has its method ``name`` replaced by ``make(memory)`` (which
+    may call the class's own, ``type(memory).<name>(memory, ...)``); undone on exit, also on error."""
     memories = [block.attn.memory for block in model.blocks]
     for memory in memories:
-        def rates(y: torch.Tensor, memory: torch.nn.Module = memory) -> tuple[torch.Tensor, ...]:
-            theta, eta, alpha = type(memory).rates(memory, y)
-            return theta * step_scale, torch.zeros_like(eta), alpha
-        memory.rates = rates
+        setattr(memory, name, make(memory))
     try:
         yield
     finally:
         for memory in memories:
-            del memory.rates
+            delattr(memory, name)
+
+
+def without_momentum(model: torch.nn.Module, step_scale: float) -> contextlib.AbstractContextManager:
+    """Every memory writes with ``eta_t = 0`` and ``theta_t`` times ``step_scale`` (20 keeps a write's
+    total move, ``theta / (1 - eta)``, at a momentum of 0.95)."""
+    def make(memory: torch.nn.Module) -> Callable:
+        def rates(y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            theta, eta, alpha = type(memory).rates(memory, y)
+            return theta * step_scale, torch.zeros_like(eta), alpha
+        return rates
+    return memories_with(model, "rates", make)
+
+
+def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> contextlib.AbstractContextManager:
+    """Eq. (21)'s read (``h = M*_{t-1}(q)``) uses the fast weights numbered ``parts`` (0: W1, 1: W2,
+    2: the layer norm's gain, 3: its bias) as they were before anything was written, ``M_0``'s, and
+    the written ones for the rest; the writes themselves are unchanged."""
+    def make(memory: torch.nn.Module) -> Callable:
+        def read(q_input: torch.Tensor, state: NeuralMemoryState) -> torch.Tensor:
+            weights = tuple(p.expand_as(w) if i in parts else w
+                            for i, (p, w) in enumerate(zip(memory.initial_weights, state.weights)))
+            return type(memory).read(memory, q_input, state._replace(weights=weights))
+        return read
+    return memories_with(model, "read", make)
 
 
 @torch.no_grad()
@@ -127,25 +150,6 @@ def probe(name: str, seed: int) -> dict:
             "answers_beyond_segment": answers, "memory_by_layer": layers, "rates_and_keys_pairs": cfg.num_facts // 2,
             "momentum_free_step_scale": MOMENTUM_FREE_STEP_SCALE, "beyond_segment_without_momentum": free,
             "beyond_segment_read_with_initial": initial_parts}
-
-
-@contextlib.contextmanager
-def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> Iterator[None]:
-    """While inside, eq. (21)'s read (``h = M*_{t-1}(q)``) uses the fast weights numbered ``parts``
-    (0: W1, 1: W2, 2: the layer norm's gain, 3: its bias) as they were before anything was written,
-    ``M_0``'s, and the written ones for the rest; the writes themselves are unchanged. Undone on exit."""
-    memories = [block.attn.memory for block in model.blocks]
-    for memory in memories:
-        def read(q_input: torch.Tensor, state: NeuralMemoryState, memory: torch.nn.Module = memory) -> torch.Tensor:
-            initial = [p.expand_as(w) for p, w in zip(memory.initial_weights, state.weights)]
-            weights = tuple(initial[i] if i in parts else w for i, w in enumerate(state.weights))
-            return type(memory).read(memory, q_input, state._replace(weights=weights))
-        memory.read = read
-    try:
-        yield
-    finally:
-        for memory in memories:
-            del memory.read
 
 
 def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, x: torch.Tensor, batch: Batch,

@@ -195,3 +195,36 @@ def test_memory_alone_holds_orthogonal_pairs_and_momentum_blends_them():
     memory = NeuralMemory(NeuralMemoryConfig(dim=alone.DIM, chunk_size=8))
     assert alone.cell(memory, 4, 0.0, 0.0, 0.03)["accuracy"] >= 0.98
     assert alone.cell(memory, 4, 0.5, 0.95, 0.03)["accuracy"] < 0.7
+
+
+def test_mqar_probe_interventions_change_only_what_they_name_and_undo_themselves():
+    """mqar_probe: without_momentum zeroes eta_t and scales theta_t in every layer; read_with_initial
+    with every part reads M_0 whatever was written, with no part reads the written memory; both undone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mqar_probe as probe
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import torch
+    from mac_minimal.model import MACConfig, MACTransformer
+
+    torch.manual_seed(0)
+    model = MACTransformer(MACConfig(vocab_size=20, dim=16, heads=2, segment_len=4)).eval()
+    memory, y = model.blocks[0].attn.memory, torch.randn(2, 4, 16)
+    theta, _, alpha = memory.rates(y)
+    with probe.without_momentum(model, 20.0):
+        for block in model.blocks:
+            eta = block.attn.memory.rates(y)[1]
+            assert torch.equal(eta, torch.zeros_like(eta))
+        scaled, _, same = memory.rates(y)
+        assert torch.allclose(scaled, 20 * theta) and torch.equal(same, alpha)
+    assert torch.equal(memory.rates(y)[0], theta)
+    with torch.no_grad():
+        written = memory.write(y, memory.init_state(2))
+        fresh, kept = memory.read(y, memory.init_state(2)), memory.read(y, written)
+        assert not torch.allclose(fresh, kept)
+        with probe.read_with_initial(model, (0, 1, 2, 3)):
+            assert torch.allclose(memory.read(y, written), fresh)
+        with probe.read_with_initial(model, ()):
+            assert torch.equal(memory.read(y, written), kept)
+        assert torch.equal(memory.read(y, written), kept)
