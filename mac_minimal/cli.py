@@ -160,6 +160,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "taken from this command line, so --steps can extend a run)")
     _add_flags(g, RUN_FLAGS, d)
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--time-limit", type=float, default=d.time_limit, metavar="SECONDS",
+                   help="stop once this much wall time has passed since the run (or its resumption) started, "
+                        "compiling included: evaluate, checkpoint and write the end record as after the last "
+                        "step; --resume continues to --steps")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile each attention layer (mac_minimal.compiled.compile_regions; mac, "
                         "mac_no_memory, full_attention): faster steps after a first step that compiles; "

@@ -30,6 +30,11 @@ Every training choice, briefly:
   attention layer (MAC: one call per segment) with ``torch.compile``, in place, so the first steps
   pay for compiling a few graphs and the later ones run fused kernels; parameter names, and so
   checkpoints, are the same with or without it (a run may be resumed either way).
+* **``--time-limit S``** (off by default): stop once ``S`` seconds of wall time have passed
+  (compiling and evaluations included), with an evaluation, a checkpoint and the ``end`` record
+  (``time_limit_reached``) as after the last step; the learning rate's schedule stays that of
+  ``--steps``, so a run cut short ends before its rate has decayed. For runs that share a
+  machine for a fixed time (``benchmarks/gpu_record.py``).
 * **``--recompute-memory``** (off by default; ``mac``, ``mag``, ``mal``):
   :func:`~mac_minimal.neural_memory.recompute_writes`: backward runs each memory write again
   instead of keeping its intermediates, for a step that needs less memory and a little more time;
@@ -220,6 +225,17 @@ def evaluate_and_save(run: Run, step: int) -> dict[str, Any]:
     return result
 
 
+def time_is_up(started: float, time_limit: float | None, runtime: Runtime) -> bool:
+    """Whether ``time_limit`` seconds (None: never) have passed since ``started`` (``time.perf_counter``)
+    on any process: with several, every one gets the same answer, so they stop at the same step."""
+    if time_limit is None:
+        return False
+    up = time.perf_counter() - started >= time_limit
+    if runtime.world_size == 1:
+        return up
+    return bool(average_over_processes(torch.tensor([float(up)], device=runtime.device), runtime).item() > 0)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the last evaluation, the step and
     ``rank_parameter_spread`` (how far the processes' parameters drifted apart; 0 with one process).
@@ -269,7 +285,8 @@ def train_loop(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         window_loss.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / (time.perf_counter() - tick):.0f}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        stop = time_is_up(started, cfg.time_limit, runtime)
+        if step % cfg.log_every == 0 or step == cfg.steps or stop:
             if runtime.is_main:  # the mean loss since the last record; tokens/s over train steps only
                 write_metrics(cfg.metrics_path, {
                     "event": "train", "step": step, "loss": sum(window_loss) / len(window_loss),
@@ -277,13 +294,16 @@ def train_loop(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
                     "tokens_per_s": tokens_per_step * len(window_loss) / window_time,
                     "elapsed_s": time.perf_counter() - started})
             window_loss, window_time = [], 0.0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == cfg.steps or stop:
             result = evaluate_and_save(run, step)
+        if stop:
+            break
     bar.close()
     spread = parameter_spread(run.model, runtime)
     if runtime.is_main:
         write_metrics(cfg.metrics_path, {  # tokens/s over the train steps of this process (no evaluation)
             "event": "end", "step": step, "wall_s": time.perf_counter() - started, "rank_parameter_spread": spread,
+            "time_limit_reached": step < cfg.steps,
             "tokens_per_s": tokens_per_step * (step - first_step) / train_time if train_time > 0 else None,
             "peak_memory_bytes": peak_memory_bytes(runtime.device)})
     return {"step": step, "eval": result, "rank_parameter_spread": spread}

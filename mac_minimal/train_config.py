@@ -84,6 +84,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 4
     log_every: int = 10
+    time_limit: float | None = None                  # seconds of wall time, then stop as at the last step
     seed: int = 0
     device: str = "auto"
     out: str | None = None
@@ -135,6 +136,8 @@ class TrainConfig:
         for name in ("memory_theta_logit_init", "memory_alpha_logit_init"):
             require_number(name, getattr(self, name))
         require_number("grad_clip", self.grad_clip, low=0.0)
+        if self.time_limit is not None:
+            require_number("time_limit", self.time_limit, low=0.0, closed=True)
         require_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
         require_number("weight_decay", self.weight_decay, low=0.0, closed=True)
         require_int("warmup_steps", self.warmup_steps, minimum=0)

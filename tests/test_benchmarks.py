@@ -40,17 +40,48 @@ def test_variant_scripts_list_one_trainer_command_per_variant_and_seed(script, v
     assert "runs/" in lines[1] and lines[1].split("--out ")[1].endswith("-s3")
 
 
-def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar(tmp_path):
-    run("benchmarks/gpu_record.py", "--smoke", "--only", "long_horizon", "mqar", "--out", str(tmp_path))
-    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar_in_parallel(tmp_path):
+    run("benchmarks/gpu_record.py", "--smoke", "--only", "long_horizon", "mqar", "mqar_matrices", "--parallel", "3",
+        "--out", str(tmp_path))
+    record = json.loads((tmp_path / "runs.json").read_text())
+    runs = record["runs"]
+    assert record["parallel"] == 3 and not record["compiled"]
     assert [(r["model"], r["task"]) for r in runs] == [("mac", "long_horizon"), ("mac", "mqar"),
-                                                      ("mac_no_memory", "mqar"), ("full_attention", "mqar")]
-    assert all(r["finished"] and r["steps"] == 6 for r in runs)
+                                                      ("mac_no_memory", "mqar"), ("full_attention", "mqar"),
+                                                      ("mac", "mqar_matrices")]
+    assert all(r["finished"] and r["steps"] == 6 and r["time_limit_reached"] is False for r in runs)
+    assert all("--time-limit" in r["command"] and "--compile" not in r["command"] for r in runs)
     long = runs[0]
     assert "--carry-state" in long["command"] and "--episode-windows" in long["command"]
     assert long["long_stream"]["stream_len"] == 16 * 32 and max(map(int, long["long_stream"]["accuracy"])) == 509
     for r in runs[1:]:
         assert set(r["final"]) == set(r["beyond_segment"]) == {"1", "2", "4"}
+    assert "--no-memory-write-norm" in runs[-1]["command"] and "--no-memory-write-norm" not in runs[1]["command"]
+
+
+def test_gpu_record_keeps_the_speed_of_each_round_and_the_error_of_one_that_failed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_record import measured, merge_speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    eager = {"model_config": {"dim": 64}, "titans_pytorch": True,
+             "rows": [{"n": 1024, "batch": 8, "step_s": {"mac": 0.2, "titans": 0.3}}]}
+    compiled = {"model_config": {"dim": 64}, "titans_pytorch": False,
+                "rows": [{"n": 1024, "batch": 8, "step_s": {"mac_compiled": 0.05}}]}
+    merged = merge_speed(eager, compiled)
+    assert merged["rows"][0]["step_s"] == {"mac": 0.2, "titans": 0.3, "mac_compiled": 0.05}
+    assert merged["compiled"] and merged["titans_pytorch"] and "errors" not in merged
+    assert eager["rows"][0]["step_s"] == {"mac": 0.2, "titans": 0.3}                  # not changed in place
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image")
+
+    failed = measured(broken, "cuda")
+    assert failed == {"error": "RuntimeError('no kernel image')", "rows": []}
+    merged = merge_speed(eager, failed)
+    assert merged["rows"] == eager["rows"] and merged["errors"] == {"compiled": failed["error"]}
+    assert merge_speed(failed, compiled)["rows"] == compiled["rows"]
 
 
 @pytest.fixture(scope="module")

@@ -267,6 +267,28 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert [r["event"] for r in read_metrics(resumed.metrics_path)].count("start") == 2
 
 
+def test_a_time_limit_stops_with_an_evaluation_and_a_checkpoint_and_resume_finishes(tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 10))                     # every reading of the clock is 10 s later
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    cfg = tiny(tmp_path, steps=20, eval_every=50, log_every=50, time_limit=25.0)
+    train(cfg)
+    events = read_metrics(cfg.metrics_path)
+    stopped = events[-1]["step"]
+    assert 1 <= stopped < 20 and events[-1]["time_limit_reached"] is True
+    assert [e["event"] for e in events][-3:] == ["train", "eval", "end"]     # recorded as at a last step
+    assert events[-2]["step"] == events[-3]["step"] == stopped
+    assert torch.load(cfg.checkpoint_path, weights_only=True)["step"] == stopped
+    train(replace(cfg, resume=True, time_limit=None))
+    assert read_metrics(cfg.metrics_path)[-1]["step"] == 20
+    assert read_metrics(cfg.metrics_path)[-1]["time_limit_reached"] is False
+
+
+def test_time_limit_must_be_a_number_of_seconds(tmp_path):
+    with pytest.raises(ValueError, match="time_limit must be >= 0, got -1"):
+        tiny(tmp_path, time_limit=-1.0).__post_init__()
+    assert parse_args(TINY + ["--time-limit", "90"]).time_limit == 90.0
+
+
 def test_recompute_memory_trains_the_same_and_resumes_either_way(tmp_path):
     """``--recompute-memory`` changes how backward gets the memory's intermediates, not the numbers
     (the same losses, float32) nor the model config (a run resumes with or without it)."""
