@@ -29,7 +29,10 @@ process's kernels at a time; with it, their kernels overlap.
 
 ``--compile`` runs the trainer with ``--compile`` for ``mac``, whose step is thousands of small
 kernels: fewer, fused ones, after first steps that compile (once per shape; the models without
-memory take a few hundred kernels a step and run eagerly). A compiled run that fails is run again eagerly in what is left of its
+memory take a few hundred kernels a step and run eagerly). Before the runs start, one step of each
+compiled task fills inductor's cache on disk, one task at a time with every CPU compiling (not
+counted in ``--budget-s``; ``"warm_up"`` in ``runs.json``), so the runs load their graphs instead of
+compiling them side by side (``--no-warm-up``: they compile their own). A compiled run that fails is run again eagerly in what is left of its
 share (``"compile_failed"``: its exit status).
 
 Writes ``book/results/gpu/runs.json`` (the runs' summaries), one ``RUN.jsonl`` metrics file per
@@ -174,9 +177,12 @@ def long_stream_accuracy(run_dir: pathlib.Path) -> dict:
     return {"stream_len": long_len, "accuracy": scores["accuracy"]}
 
 
-def speed(device: torch.device, smoke: bool, repeats: int, compiled: bool) -> dict:
+def speed(device: torch.device, smoke: bool, repeats: int, compiled: bool,
+          save: Callable[[dict], None] = lambda partial: None) -> dict:
     """Median training-step seconds of MAC and MAC without memory, eager with (if importable)
-    titans-pytorch beside them, or (``compiled``) on the compiled path; the warm-up round compiles."""
+    titans-pytorch beside them, or (``compiled``) on the compiled path; the warm-up round compiles.
+    ``save`` gets the result so far after every sequence length, so a round stopped part-way keeps
+    the lengths it finished."""
     try:
         import bench_titans                              # imports titans_pytorch
         size, titans = bench_titans.OURS_MODEL, None if compiled else bench_titans
@@ -207,6 +213,7 @@ def speed(device: torch.device, smoke: bool, repeats: int, compiled: bool) -> di
                      **({"titans_error": titans_error} if titans_error else {})})
         print(f"speed n={seq_len}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in rows[-1]["step_s"].items()),
               flush=True)
+        save({"model_config": size, "titans_pytorch": titans is not None, "rows": rows})
     return {"model_config": size, "titans_pytorch": titans is not None, "rows": rows}
 
 
@@ -242,6 +249,28 @@ def child_environment(parallel: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
 
 
+def warm_up(tasks: list[str], smoke: bool, out: pathlib.Path) -> list[dict]:
+    """Compile the graphs of the compiled runs before they start: one step and one evaluation of
+    ``mac`` on each task, one task after another, with every CPU compiling. Inductor keeps what it
+    compiles in its cache on disk, and a later process whose region has the same shapes loads it
+    instead of compiling again (the tasks share the model's shapes except text's width and the
+    matrices-only write); without this, seventeen runs compiling at once on sixteen cores spent
+    173-194 s of their 255 s compiling. Returns each task's seconds and exit status."""
+    records = []
+    for task in tasks:
+        flags = set_flags(TASKS[task], **SMOKE[task]) if smoke else TASKS[task]
+        flags = set_flags(flags, steps=1, eval_every=1, eval_batches=1)
+        run_dir = out / "runs" / f"warm-up-{task}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cmd = [sys.executable, "-m", "mac_minimal.train", "--model", "mac", *COMMON, *flags, "--compile",
+               "--out", str(run_dir)]
+        start = time.perf_counter()
+        status = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+        records.append({"task": task, "seconds": round(time.perf_counter() - start, 1), "exit_status": status})
+        print(f"warm-up {task}: {records[-1]['seconds']:.0f} s (exit {status})", flush=True)
+    return records
+
+
 def run_all(jobs: list[tuple[str, str]], args: argparse.Namespace, out: pathlib.Path) -> list[dict]:
     """Every (model, task) of ``jobs``, ``args.parallel`` at a time, each started with an equal share of
     what is left of ``args.budget_s`` among the jobs not yet started (counted in rounds of ``parallel``)."""
@@ -268,6 +297,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--compile", dest="compiled", action="store_true",
                         help="training runs on the compiled path (trainer --compile); speed also times it")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="with --compile: no compiling before the runs (each run compiles its own graphs)")
     args = parser.parse_args()
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
@@ -279,16 +310,22 @@ def main() -> None:
     about = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
              "torch": torch.__version__, "smoke": args.smoke}
     repeats = 3 if args.smoke else 5
-    eager = measured(speed, device, args.smoke, repeats, compiled=False)
+    eager = measured(speed, device, args.smoke, repeats, compiled=False,
+                     save=lambda partial: write_json(out / "speed.json", {**merge_speed(partial, None), **about}))
     write_json(out / "speed.json", {**merge_speed(eager, None), **about})
-    start = time.perf_counter()
     jobs = [(model, task) for task in args.only for model in TASK_MODELS[task]]
+    compiled_tasks = [task for task in args.only if args.compiled and set(TASK_MODELS[task]) & set(COMPILED_RUNS)]
+    warm = warm_up(compiled_tasks, args.smoke, out) if args.warm_up else []
+    start = time.perf_counter()
     runs = run_all(jobs, args, out)
     write_json(out / "runs.json", {"runs": runs, **about, "compiled": args.compiled, "parallel": args.parallel,
-                                   "budget_s": args.budget_s, "total_s": round(time.perf_counter() - start, 1)})
+                                   "warm_up": warm, "budget_s": args.budget_s,
+                                   "total_s": round(time.perf_counter() - start, 1)})
     shutil.rmtree(out / "runs", ignore_errors=True)                 # checkpoints stay out of the book
     if args.compiled:
-        compiled = measured(speed, device, args.smoke, repeats, compiled=True)
+        compiled = measured(speed, device, args.smoke, repeats, compiled=True,
+                            save=lambda partial: write_json(out / "speed.json",
+                                                            {**merge_speed(eager, partial), **about}))
         write_json(out / "speed.json", {**merge_speed(eager, compiled), **about})
 
 

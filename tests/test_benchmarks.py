@@ -59,6 +59,16 @@ def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar_in_parallel(tmp_
     assert "--no-memory-write-norm" in runs[-1]["command"] and "--no-memory-write-norm" not in runs[1]["command"]
 
 
+def test_gpu_profile_smoke_times_each_model(tmp_path):
+    out = tmp_path / "profile.json"
+    run("benchmarks/gpu_profile.py", "--smoke", "--out", str(out))
+    profile = json.loads(out.read_text())
+    assert profile["smoke"] and profile["seq_len"] == 64 and profile["model_config"]["dim"] == 16
+    assert {"mac", "mac_no_memory"} <= set(profile["models"])
+    assert all(m["eager_s"] > 0 for m in profile["models"].values())
+    assert profile["models"]["mac"]["eager_s"] > profile["models"]["mac_no_memory"]["eager_s"]
+
+
 def test_gpu_record_keeps_the_speed_of_each_round_and_the_error_of_one_that_failed():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
