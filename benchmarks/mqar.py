@@ -60,6 +60,14 @@ VARIANTS = {
     # norm's gain and bias, the same for every key. Writing only the matrices takes that path away
     "mac-matrices-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                          + ["--no-memory-write-norm", "--dim", "64", "--steps", "3000", "--compile"],
+    # its queries still meet their own key no better than the other keys: the paper's short causal
+    # convolution after the memory's q, k, v projections (section 4.4) lets the key written at a value
+    # token hold the key token before it, so one write can be one (key, value) pair
+    "mac-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                      + ["--memory-conv-size", "4", "--dim", "64", "--steps", "3000", "--compile"],
+    "mac-matrices-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                               + ["--no-memory-write-norm", "--memory-conv-size", "4", "--dim", "64",
+                                  "--steps", "3000", "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

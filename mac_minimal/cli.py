@@ -92,6 +92,8 @@ MODEL_FLAGS = {
                                        "theta_t = memory_max_lr * sigmoid(logit)"),
     "memory_alpha_logit_init": (float, "MAC memory: initial bias of the forgetting logit, "
                                        "alpha_t = sigmoid(logit); -7 remembers ~1,100 tokens"),
+    "memory_conv_size": (int, "memory: width K of a causal depthwise convolution over time after the q, k, "
+                              "v projections (the paper's section 4.4), starting as the identity; 0: none"),
 }
 TASK_FLAGS = {
     "max_bytes": (int, "lm: bytes of text to read"),

@@ -97,6 +97,10 @@ class MACAttentionState(NamedTuple):
     retrieved_keys, retrieved_values: rotated keys/values of ``h_0 .. h_{f-1}``, (b, H, f, e);
         f = 0 without memory.
     keys, values: rotated keys/values of the segment's tokens ``S_0 .. S_{f-1}``, (b, H, f, e).
+    recent_inputs: with a memory convolution of width K (``memory.conv_size``), the last K - 1
+        tokens fed to the layer, (b, K - 1, d), across segment edges: eq. (21)'s queries are
+        convolved over them (the memory's own ``recent`` holds those of what it writes, y); None
+        otherwise.
     """
 
     memory_before: NeuralMemoryState | None
@@ -105,12 +109,15 @@ class MACAttentionState(NamedTuple):
     retrieved_values: Tensor
     keys: Tensor
     values: Tensor
+    recent_inputs: Tensor | None
 
     @classmethod
-    def at_segment_start(cls, memory: NeuralMemoryState | None, empty: Tensor) -> "MACAttentionState":
-        """The state at a segment start: ``memory`` before and after, every cache ``empty`` (b, H, 0, e)."""
+    def at_segment_start(cls, memory: NeuralMemoryState | None, empty: Tensor,
+                         recent_inputs: Tensor | None = None) -> "MACAttentionState":
+        """The state at a segment start: ``memory`` before and after, every cache ``empty`` (b, H, 0, e),
+        the layer's ``recent_inputs`` carried over."""
         return cls(memory_before=memory, memory=memory, retrieved_keys=empty, retrieved_values=empty,
-                   keys=empty, values=empty)
+                   keys=empty, values=empty, recent_inputs=recent_inputs)
 
     @property
     def filled(self) -> int:
@@ -194,12 +201,16 @@ class MACAttention(nn.Module):
         """State at a segment start: empty caches (b, H, 0, e) and a fresh memory ``M_0``."""
         require_positive_int("batch_size", batch_size)
         memory = self.memory.init_state(batch_size) if self.memory is not None else None
-        return self._segment_start(memory, batch_size, like=self.to_q.weight)
+        # eq. (21)'s query stream starts like the memory's own: K - 1 zeros before it (None without a
+        # conv); a tensor of its own, not the memory's (dynamo would compile another graph for the alias)
+        recent = memory.recent.clone() if memory is not None and memory.recent is not None else None
+        return self._segment_start(memory, batch_size, like=self.to_q.weight, recent_inputs=recent)
 
-    def _segment_start(self, memory: NeuralMemoryState | None, batch_size: int, like: Tensor) -> MACAttentionState:
+    def _segment_start(self, memory: NeuralMemoryState | None, batch_size: int, like: Tensor,
+                       recent_inputs: Tensor | None) -> MACAttentionState:
         """The state at a segment start with ``memory``: caches empty, (b, H, 0, e), of ``like``'s dtype."""
         empty = like.new_zeros(batch_size, self.config.heads, 0, self.config.head_dim)
-        return MACAttentionState.at_segment_start(memory=memory, empty=empty)
+        return MACAttentionState.at_segment_start(memory=memory, empty=empty, recent_inputs=recent_inputs)
 
     def _prepare(self, x: Tensor, state: MACAttentionState | None) -> MACAttentionState:
         """Check x (b, c, d) against the config and the state; a fresh state if None."""
@@ -220,8 +231,9 @@ class MACAttention(nn.Module):
 
     # ------------------------------------------------------------------ eqs. (21)-(23)
     def retrieve(self, x: Tensor, state: MACAttentionState) -> Tensor:
-        """Eq. (21): ``h = M*_{t-1}(q)``, x (b, c, d) -> h (b, c, d) from ``state.memory_before``."""
-        return self.memory.read(x, state.memory_before)
+        """Eq. (21): ``h = M*_{t-1}(q)``, x (b, c, d) -> h (b, c, d) from ``state.memory_before``;
+        with a memory convolution its queries also read ``state.recent_inputs``."""
+        return self.memory.read(x, state.memory_before, recent=state.recent_inputs)
 
     def qkv(self, x: Tensor, h: Tensor | None, state: MACAttentionState
             ) -> tuple[Tensor, Tensor, Tensor, MACAttentionState]:
@@ -277,6 +289,10 @@ class MACAttention(nn.Module):
             o, state = self.attend(x, None, state)
         else:
             h = self.retrieve(x, state)                                   # (21)
+            if state.recent_inputs is not None:                           # x joins eq. (21)'s conv window
+                history = torch.cat((state.recent_inputs, x), dim=1)
+                keep = history.shape[1] - state.recent_inputs.shape[1]
+                state = state._replace(recent_inputs=history[:, keep:].contiguous())
             y, state = self.attend(x, h, state)                           # (22)-(23)
             m, memory = self.memory(y, state.memory)                      # (24), m_j = M_j(y_j)
             if self.memory_scale is not None:
@@ -284,5 +300,6 @@ class MACAttention(nn.Module):
             o = self.combine(y, m)                                        # (25)
             state = state._replace(memory=memory)
         if state.filled == self.config.segment_len:                      # segment done: roll over
-            state = self._segment_start(state.memory, x.shape[0], like=state.keys)
+            state = self._segment_start(state.memory, x.shape[0], like=state.keys,
+                                        recent_inputs=state.recent_inputs)
         return o, state

@@ -88,8 +88,8 @@ def read_before_write(memory: NeuralMemory, x: Tensor, state: NeuralMemoryState
     the last token's (its own query, ``M_{n-1}(q_{n-1})``) is dropped. Like the memory's own
     methods, it runs in the memory's precision (:func:`~mac_minimal.neural_memory.full_precision`).
     """
-    first = memory.read(x[:, :1], state)                                       # (b, 1, d)
-    q = memory.queries(x)
+    first = memory.read(x[:, :1], state, recent=state.recent)                  # (b, 1, d)
+    q = memory.queries(x, state.recent)
     shifted = torch.cat((q[:, 1:], q[:, -1:]), dim=1)                          # q_{t+1}, the last repeated
     y, state = memory.write_and_read(x, shifted, state)
     return torch.cat((first, y[:, :-1]), dim=1), state

@@ -30,7 +30,16 @@ Three forms of the write, equal for every chunk size ``c``:
 * ``write``: the same numbers in the dual form (:mod:`~mac_minimal.dual_form`), which
   never builds a token's weights.
 
-Shapes: b batch, n sequence, d model width (``dim``), c chunk, f = expansion * d.
+**A short convolution** (``conv_size`` K > 0, the paper's section 4.4: "a 1D depthwise-separable
+convolution layer after each of the query, key, and value projections"): each projection is mixed
+over the last K tokens, channel by channel, before its SiLU, ``k_t = normalize(silu(sum_j w_j *
+(x_{t-j} W_K)))``, ``j = 0 .. K-1``, likewise ``v_t`` and ``q_t``; the rates still come from
+``x_t`` alone. A key can then hold the token before it, which is how a key token and the value
+token after it become one (key, value) pair in a single write. It is causal (zeros before the
+stream starts) and carried across calls in the state's ``recent`` inputs; it starts as the
+identity (``w_0 = 1``, the rest 0), so a memory with one starts as a memory without.
+
+Shapes: b batch, n sequence, d model width (``dim``), c chunk, f = expansion * d, K conv_size.
 """
 
 import functools
@@ -44,7 +53,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 from torch.utils.checkpoint import checkpoint
 
-from mac_minimal.checks import require_number, require_positive_int
+from mac_minimal.checks import require_int, require_number, require_positive_int
 from mac_minimal.dual_form import dual_chunk
 from mac_minimal.fast_weights import (Weights, associative_loss, clip_gradients, flatten_weights, memory_mlp,
                                       token_gradients, unflatten_weights)
@@ -80,6 +89,8 @@ class NeuralMemoryConfig:
         still shrinks them, like every fast weight). The bias adds the same vector to the read of
         every key, so a memory that writes it can answer a question without matching its key
         (chapter 8, 'Many facts').
+    conv_size: K, the width of the causal depthwise convolution over time after each of the q, k,
+        v projections (the paper's section 4.4; see the module's docstring); 0 (default): none.
     """
 
     dim: int | None = None
@@ -92,6 +103,7 @@ class NeuralMemoryConfig:
     theta_logit_init: float = 0.0
     alpha_logit_init: float = -4.0
     write_norm: bool = True
+    conv_size: int = 0
 
     def __post_init__(self) -> None:
         if self.dim is not None:
@@ -105,6 +117,7 @@ class NeuralMemoryConfig:
             require_number(f"NeuralMemoryConfig.{name}", getattr(self, name))
         if not isinstance(self.write_norm, bool):
             raise TypeError(f"NeuralMemoryConfig.write_norm must be True or False, got {self.write_norm!r}")
+        require_int("NeuralMemoryConfig.conv_size", self.conv_size, minimum=0)
 
 
 class NeuralMemoryState(NamedTuple):
@@ -117,12 +130,15 @@ class NeuralMemoryState(NamedTuple):
     offset: tokens written since the current chunk began, ``0 <= offset < chunk_size``.
         Chunk boundaries sit at multiples of ``chunk_size`` from the start of the stream,
         so a write split anywhere equals one write.
+    recent: with ``conv_size`` K > 0, the last K - 1 inputs written, ``(b, K - 1, d)`` (zeros before
+        the stream's start), which the convolution of the next write reads; None without one.
     """
 
     weights: Weights
     momentum: Weights
     chunk_weights: Weights
     offset: int
+    recent: Tensor | None
 
 
 def _as_rate(rate: Tensor, like: Tensor) -> Tensor:
@@ -206,6 +222,12 @@ class NeuralMemory(nn.Module):
         self.init_w2 = nn.Parameter(torch.randn(d, f) / f**0.5)
         self.init_ln_gain = nn.Parameter(torch.full((d,), d**-0.5))
         self.init_ln_bias = nn.Parameter(torch.zeros(d))
+        # the short convolution's taps (d, K) per projection, newest last; the identity at the start
+        self.conv_q = self.conv_k = self.conv_v = None
+        if config.conv_size:
+            identity = torch.zeros(d, config.conv_size)
+            identity[:, -1] = 1.0
+            self.conv_q, self.conv_k, self.conv_v = (nn.Parameter(identity.clone()) for _ in range(3))
 
     # ---------------------------------------------------------------- inputs
     @property
@@ -216,8 +238,9 @@ class NeuralMemory(nn.Module):
     def init_state(self, batch_size: int) -> NeuralMemoryState:
         """A fresh memory per batch element: a copy of M_0 for each, zero momentum.
 
-        The copies are contiguous (not ``M_0.expand(b, ...)``, stride 0) and the momentum is
-        computed from them (``0 * M_0``, so it is part of the autograd graph, its gradient zero):
+        The copies are contiguous (not ``M_0.expand(b, ...)``, stride 0) and the momentum (and the
+        convolution's ``recent`` zeros) are computed from them (``0 * M_0``, so they are part of the
+        autograd graph, their gradient zero):
         a fresh state is then the same kind of tensors as every memory a write produces, and a
         compiled region (:mod:`~mac_minimal.compiled`) needs one graph for both, not two. The
         copies cost ``b`` times the memory's parameters.
@@ -225,7 +248,12 @@ class NeuralMemory(nn.Module):
         require_positive_int("batch_size", batch_size)
         weights = tuple(p.expand(batch_size, *p.shape).clone() for p in self.initial_weights)
         momentum = tuple(w * 0 for w in weights)
-        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=weights, offset=0)
+        recent = None
+        if self.config.conv_size:   # zeros, in the autograd graph like the momentum (inputs written later are)
+            recent = weights[0].new_zeros(batch_size, self.config.conv_size - 1, self.config.dim)
+            recent = recent + 0 * weights[0][:, :1, :1]
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=weights, offset=0,
+                                 recent=recent)
 
     def _prepare(self, x: Tensor, state: NeuralMemoryState | None = None, name: str = "x") -> NeuralMemoryState:
         """``state``, or a fresh one if None, after checking that x is (batch, seq >= 1, dim) with the
@@ -252,13 +280,38 @@ class NeuralMemory(nn.Module):
             if rate.shape != k.shape[:2]:
                 raise ValueError(f"{name} must have shape (batch, seq) = {tuple(k.shape[:2])}, got {tuple(rate.shape)}")
 
-    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Eq. (11) with the paper's SiLU and L2-normalised keys: x (b, n, d) -> k, v (b, n, d)."""
-        return F.normalize(F.silu(self.to_k(x)), dim=-1), F.silu(self.to_v(x))
+    def keys_values(self, x: Tensor, recent: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Eq. (11) with the paper's SiLU and L2-normalised keys: x (b, n, d) -> k, v (b, n, d).
 
-    def queries(self, x: Tensor) -> Tensor:
-        """Eq. (15)'s ``q_t = normalize(silu(x_t W_Q))``: (b, n, d) -> (b, n, d)."""
-        return F.normalize(F.silu(self.to_q(x)), dim=-1)
+        With ``conv_size`` K > 0 each projection is convolved over the K - 1 ``recent`` inputs
+        (b, K - 1, d) before x (zeros if None: the stream's start) and x itself."""
+        return (F.normalize(F.silu(self._projected(x, self.to_k, self.conv_k, recent)), dim=-1),
+                F.silu(self._projected(x, self.to_v, self.conv_v, recent)))
+
+    def queries(self, x: Tensor, recent: Tensor | None = None) -> Tensor:
+        """Eq. (15)'s ``q_t = normalize(silu(x_t W_Q))``: (b, n, d) -> (b, n, d); ``recent`` as in
+        :meth:`keys_values`."""
+        return F.normalize(F.silu(self._projected(x, self.to_q, self.conv_q, recent)), dim=-1)
+
+    def _projected(self, x: Tensor, projection: nn.Linear, taps: Tensor | None, recent: Tensor | None) -> Tensor:
+        """``projection(x)`` (b, n, d), convolved over time with ``taps`` (d, K) if there are any:
+        ``out_t = sum_j taps[:, K-1-j] * projection(x_{t-j})``, the K - 1 inputs before x from ``recent``."""
+        if taps is None:
+            return projection(x)
+        if recent is None:
+            recent = x.new_zeros(x.shape[0], self.config.conv_size - 1, x.shape[2])
+        if recent.shape != (x.shape[0], self.config.conv_size - 1, x.shape[2]):
+            raise ValueError(f"recent must have shape (batch, conv_size - 1, dim) = "
+                             f"{(x.shape[0], self.config.conv_size - 1, x.shape[2])}, got {tuple(recent.shape)}")
+        projected = projection(torch.cat((recent, x), dim=1)).transpose(1, 2)      # (b, d, K - 1 + n)
+        return F.conv1d(projected, taps[:, None, :], groups=taps.shape[0]).transpose(1, 2)   # (b, n, d)
+
+    def _advanced(self, state: NeuralMemoryState, x: Tensor) -> NeuralMemoryState:
+        """``state`` with ``recent`` moved on past the inputs x (b, n, d): its last K - 1 inputs."""
+        if state.recent is None:
+            return state
+        history = torch.cat((state.recent, x), dim=1)
+        return state._replace(recent=history[:, history.shape[1] - state.recent.shape[1]:].contiguous())
 
     def rates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Data-dependent rates, each (b, n): step ``theta_t`` in (0, max_lr), momentum
@@ -271,7 +324,8 @@ class NeuralMemory(nn.Module):
     @full_precision
     def write_kv(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                  state: NeuralMemoryState) -> NeuralMemoryState:
-        """Chunk-parallel write (eqs. 16-18) of given keys/values (b, n, d) with rates (b, n)."""
+        """Chunk-parallel write (eqs. 16-18) of given keys/values (b, n, d) with rates (b, n); no inputs,
+        so ``state.recent`` (the convolution's) is passed on as it is."""
         self._check_kv(k, v, (theta, eta, alpha), state)
         return self._write_chunks(k, v, theta, eta, alpha, state)[0]
 
@@ -298,7 +352,8 @@ class NeuralMemory(nn.Module):
             if offset == 0:  # a new chunk starts at the weights just reached
                 chunk_weights = weights
         y = torch.cat(outputs, dim=1) if q is not None else None
-        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset), y
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset,
+                                 recent=state.recent), y
 
     def _write_chunks_materialized(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
                                    state: NeuralMemoryState, q: Tensor | None = None
@@ -336,19 +391,22 @@ class NeuralMemory(nn.Module):
             start = end
         y = torch.cat(outputs, dim=1) if q is not None else None
         momentum = unflatten_weights(flat_momentum, shapes)
-        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset), y
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset,
+                                 recent=state.recent), y
 
     @full_precision
     def write(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Write tokens x (b, n, d) into the memory, chunk-parallel (eqs. 11-18), in the dual form."""
         state = self._prepare(x, state)
-        return self._write_chunks(*self.keys_values(x), *self.rates(x), state)[0]
+        written_state = self._write_chunks(*self.keys_values(x, state.recent), *self.rates(x), state)[0]
+        return self._advanced(written_state, x)
 
     @full_precision
     def write_materialized(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Reference of ``write``: the chunk-parallel form that builds every token's weights."""
         state = self._prepare(x, state)
-        return self._write_chunks_materialized(*self.keys_values(x), *self.rates(x), state)[0]
+        written_state = self._write_chunks_materialized(*self.keys_values(x, state.recent), *self.rates(x), state)[0]
+        return self._advanced(written_state, x)
 
     @full_precision
     def write_kv_sequential(self, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
@@ -374,24 +432,26 @@ class NeuralMemory(nn.Module):
             offset = (offset + 1) % cfg.chunk_size
             if offset == 0:
                 chunk_weights = weights
-        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset)
+        return NeuralMemoryState(weights=weights, momentum=momentum, chunk_weights=chunk_weights, offset=offset,
+                                 recent=state.recent)
 
     @full_precision
     def write_sequential(self, x: Tensor, state: NeuralMemoryState) -> NeuralMemoryState:
         """Token-by-token reference of ``write``: x (b, n, d)."""
         state = self._prepare(x, state)
-        return self.write_kv_sequential(*self.keys_values(x), *self.rates(x), state)
+        return self._advanced(self.write_kv_sequential(*self.keys_values(x, state.recent), *self.rates(x), state), x)
 
     # ---------------------------------------------------------------- read
     @full_precision
-    def read(self, q_input: Tensor, state: NeuralMemoryState) -> Tensor:
+    def read(self, q_input: Tensor, state: NeuralMemoryState, recent: Tensor | None = None) -> Tensor:
         """Eq. (15): ``y_t = M*(q_t)``, every token reads the same memory ``state.weights``.
 
-        q_input: (b, n, d) -> y: (b, n, d). No update.
+        q_input: (b, n, d) -> y: (b, n, d). No update. ``recent``: with ``conv_size`` K > 0, the
+        K - 1 inputs of the query stream before q_input (:meth:`queries`; None: its start).
         """
         state = self._prepare(q_input, state, name="q_input")
         w1, w2, gain, bias = state.weights                    # gain, bias (b, d) -> (b, 1, d)
-        return memory_mlp((w1, w2, gain[:, None], bias[:, None]), self.queries(q_input), self.config.ln_eps)
+        return memory_mlp((w1, w2, gain[:, None], bias[:, None]), self.queries(q_input, recent), self.config.ln_eps)
 
     def _read_per_token(self, weights: Weights, q: Tensor) -> Tensor:
         """``y_t = M_t(q_t)`` with per-token weights ``(b, c, *shape)``, q (b, c, d) -> (b, c, d)."""
@@ -407,7 +467,8 @@ class NeuralMemory(nn.Module):
 
         x: (b, n, d) -> y: (b, n, d), and the state after the last token.
         """
-        return self.write_and_read(x, self.queries(x), state)
+        state = self._prepare(x, state)
+        return self.write_and_read(x, self.queries(x, state.recent), state)
 
     @full_precision
     def write_and_read(self, x: Tensor, queries: Tensor, state: NeuralMemoryState | None = None
@@ -426,17 +487,17 @@ class NeuralMemory(nn.Module):
 
     def _write_and_read(self, x: Tensor, queries: Tensor, state: NeuralMemoryState
                         ) -> tuple[Tensor, NeuralMemoryState]:
-        state, y = self._write_chunks(*self.keys_values(x), *self.rates(x), state, q=queries)
-        return y, state
+        written_state, y = self._write_chunks(*self.keys_values(x, state.recent), *self.rates(x), state, q=queries)
+        return y, self._advanced(written_state, x)
 
     @full_precision
     def forward_materialized(self, x: Tensor, state: NeuralMemoryState | None = None
                              ) -> tuple[Tensor, NeuralMemoryState]:
         """Reference of ``forward``: chapter 4's chunk-parallel form, every token's weights built."""
         state = self._prepare(x, state)
-        state, y = self._write_chunks_materialized(*self.keys_values(x), *self.rates(x), state,
-                                                   q=self.queries(x))
-        return y, state
+        written_state, y = self._write_chunks_materialized(*self.keys_values(x, state.recent), *self.rates(x), state,
+                                                           q=self.queries(x, state.recent))
+        return y, self._advanced(written_state, x)
 
     @full_precision
     def forward_sequential(self, x: Tensor, state: NeuralMemoryState | None = None
@@ -445,8 +506,9 @@ class NeuralMemory(nn.Module):
         state = self._prepare(x, state)
         outputs = []
         for t in range(x.shape[1]):
+            before = state.recent                          # the query's window: the inputs before x_t
             state = self.write_sequential(x[:, t:t + 1], state)
-            outputs.append(self.read(x[:, t:t + 1], state))
+            outputs.append(self.read(x[:, t:t + 1], state, recent=before))
         return torch.cat(outputs, dim=1), state
 
 

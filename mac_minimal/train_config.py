@@ -45,9 +45,10 @@ class TrainConfig:
 
     Flat on purpose: one flag, one field, and a recorded run's config is a flat JSON object. The
     model's fields take their defaults from :class:`~mac_minimal.model.MACConfig`; ``chunk_size``,
-    ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init``, ``memory_alpha_logit_init``
-    and ``memory_write_norm`` are its ``memory.chunk_size``, ``memory.max_lr``, ``memory.max_momentum``,
-    ``memory.theta_logit_init``, ``memory.alpha_logit_init`` and ``memory.write_norm``. For ``mag``,
+    ``memory_max_lr``, ``memory_max_momentum``, ``memory_theta_logit_init``, ``memory_alpha_logit_init``,
+    ``memory_write_norm`` and ``memory_conv_size`` are its ``memory.chunk_size``, ``memory.max_lr``,
+    ``memory.max_momentum``, ``memory.theta_logit_init``, ``memory.alpha_logit_init``,
+    ``memory.write_norm`` and ``memory.conv_size``. For ``mag``,
     ``mal`` and ``swa``, ``segment_len`` is the sliding window (each token attends to itself and the
     ``segment_len - 1`` before it, as many recent tokens as MAC's segment holds), the memory fields are
     theirs, and ``memory_scale_init`` is unused.
@@ -72,6 +73,7 @@ class TrainConfig:
     memory_theta_logit_init: float = _MAC.memory.theta_logit_init
     memory_alpha_logit_init: float = _MAC.memory.alpha_logit_init
     memory_write_norm: bool = _MAC.memory.write_norm
+    memory_conv_size: int = _MAC.memory.conv_size
     memory_scale_init: float | None = _MAC.memory_scale_init
     seq_len: int = 128
     batch_size: int = 8
@@ -141,6 +143,7 @@ class TrainConfig:
         require_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, closed=True)
         require_number("weight_decay", self.weight_decay, low=0.0, closed=True)
         require_int("warmup_steps", self.warmup_steps, minimum=0)
+        require_int("memory_conv_size", self.memory_conv_size, minimum=0)
         _mac(self, vocab_size=1, dim=self.dim, use_memory=True)   # dim, heads, ..., memory_scale_init
         if self.task == "mqar" and self.seq_len < mqar_min_length(self.num_facts):
             raise ValueError(f"seq_len must be >= {mqar_min_length(self.num_facts)} for --task mqar with "
@@ -195,7 +198,8 @@ def _memory(cfg: TrainConfig) -> NeuralMemoryConfig:
     """The memory of every model that has one: ``--chunk-size`` and the ``--memory-*`` flags."""
     return NeuralMemoryConfig(chunk_size=cfg.chunk_size, max_lr=cfg.memory_max_lr,
                               max_momentum=cfg.memory_max_momentum, theta_logit_init=cfg.memory_theta_logit_init,
-                              alpha_logit_init=cfg.memory_alpha_logit_init, write_norm=cfg.memory_write_norm)
+                              alpha_logit_init=cfg.memory_alpha_logit_init, write_norm=cfg.memory_write_norm,
+                              conv_size=cfg.memory_conv_size)
 
 
 def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:

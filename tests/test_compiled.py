@@ -18,6 +18,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 from torch.testing import assert_close
 
+from conv_taps import random_taps
 from gradients import probe_gradients
 import mac_minimal.train
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
@@ -42,6 +43,7 @@ def eager_and_compiled(config: MACConfig, backend: str) -> tuple[MACTransformer,
     """Two models with the same weights, the second compiled by :func:`compile_regions`."""
     torch.manual_seed(0)
     eager = MACTransformer(config)
+    random_taps(eager)                                    # the memory's convolution, if any, not the identity
     compiled = MACTransformer(config)
     compiled.load_state_dict(eager.state_dict())
     return eager, compile_regions(compiled, backend=backend)
@@ -62,8 +64,11 @@ def assert_same_logits_and_gradients(compiled: tuple[torch.Tensor, nn.Module],
         assert_close(g, e, **TOLERANCE)
 
 
-def test_inductor_matches_eager_without_breaks_or_recompiles():
-    eager, compiled = eager_and_compiled(CONFIG, backend="inductor")
+@pytest.mark.parametrize("conv_size", [0, 4])
+def test_inductor_matches_eager_without_breaks_or_recompiles(conv_size):
+    """Also with the memory's convolution, whose windows start as zeros and then carry inputs."""
+    config = replace(CONFIG, memory=replace(CONFIG.memory, conv_size=conv_size))
+    eager, compiled = eager_and_compiled(config, backend="inductor")
     assert compiled_regions(compiled) == CONFIG.depth and compiled_regions(eager) == 0
     before, breaks = graphs(), sum(counters["graph_break"].values())
     for call in range(3):                                 # the first call compiles, the others reuse

@@ -12,6 +12,8 @@ from mac_minimal.layers import num_parameters
 from mac_minimal.mac_attention import COMBINES, Combine, MACAttention, MACAttentionConfig, mac_mask
 from mac_minimal.neural_memory import NeuralMemoryConfig
 
+from conv_taps import random_taps
+
 B, C, D = 2, 6, 16
 
 
@@ -316,3 +318,19 @@ def test_scaled_memory_is_causal_and_streams(memory_scale_init):
     x2 = x.clone()
     x2[:, 3:] += 1.0
     assert torch.equal(attn(x2, state)[0][:, :3], whole[:, :3])
+
+
+def test_the_memory_convolution_reads_across_the_segment_edge():
+    """Eq. (21)'s queries of segment 2 are convolved over the last K - 1 tokens of segment 1, and the
+    memory's own write over the last K - 1 outputs y of segment 1: both windows cross the edge."""
+    torch.manual_seed(0)
+    cfg = MACAttentionConfig(dim=D, heads=2, segment_len=C, num_persistent=3, memory_scale_init=0.5,
+                             memory=NeuralMemoryConfig(chunk_size=4, max_lr=0.03, conv_size=3))
+    attn = random_taps(MACAttention(cfg).double())
+    x1, x2 = inputs(1), inputs(2)
+    _, state = attn(x1, None)
+    assert state.filled == 0 and torch.equal(state.recent_inputs, x1[:, -2:])
+    h = attn.retrieve(x2, state)
+    torch.testing.assert_close(h, attn.memory.read(x2, state.memory_before, recent=x1[:, -2:]))
+    assert not torch.allclose(h, attn.memory.read(x2, state.memory_before))     # zeros instead: another read
+    assert state.memory.recent.shape == (B, 2, D)

@@ -11,6 +11,7 @@ from mac_minimal.mag import MAGConfig, MAGLayer, MAGLayerConfig, MAGLayerState, 
 from mac_minimal.model import MACConfig
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig
 
+from conv_taps import random_taps
 from gradients import assert_same_values_and_gradients
 
 DT = torch.float64
@@ -26,11 +27,12 @@ def make_layer(use_memory: bool = True, chunk_size: int = 3, num_persistent: int
     return MAGLayer(cfg).to(DT)
 
 
-def make(use_memory: bool = True, seed: int = 0) -> MAGTransformer:
+def make(use_memory: bool = True, seed: int = 0, conv_size: int = 0) -> MAGTransformer:
+    """``conv_size``: the memory's convolution, its taps random (not the identity it starts as)."""
     torch.manual_seed(seed)
     cfg = MAGConfig(vocab_size=V, dim=D, depth=2, heads=2, num_persistent=P, window=W, use_memory=use_memory,
-                    memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.1))
-    return MAGTransformer(cfg).to(DT)
+                    memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.1, conv_size=conv_size))
+    return random_taps(MAGTransformer(cfg).to(DT))
 
 
 def inputs(n: int = 16, seed: int = 1, b: int = B) -> torch.Tensor:
@@ -125,9 +127,9 @@ def test_without_memory_a_token_sees_only_its_window():
 
 # --- the model -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("use_memory", [True, False])
-def test_causal_at_every_position(use_memory):
-    model = make(use_memory)
+@pytest.mark.parametrize("use_memory,conv_size", [(True, 0), (False, 0), (True, 3)])
+def test_causal_at_every_position(use_memory, conv_size):
+    model = make(use_memory, conv_size=conv_size)
     t = tokens()
     logits, _ = model(t)
     gen = torch.Generator().manual_seed(2)
@@ -139,10 +141,10 @@ def test_causal_at_every_position(use_memory):
         assert not torch.equal(logits2[:, j + 1:], logits[:, j + 1:])
 
 
-@pytest.mark.parametrize("use_memory", [True, False])
+@pytest.mark.parametrize("use_memory,conv_size", [(True, 0), (False, 0), (True, 3)])
 @pytest.mark.parametrize("cuts", CUTS)
-def test_model_streams_exactly(use_memory, cuts):
-    model = make(use_memory)
+def test_model_streams_exactly(use_memory, conv_size, cuts):
+    model = make(use_memory, conv_size=conv_size)
     t = tokens()
     whole, end = model(t)
     state, pieces = None, []

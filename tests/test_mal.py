@@ -9,6 +9,8 @@ from mac_minimal.mag import MAGLayerConfig
 from mac_minimal.mal import MALConfig, MALLayer, MALLayerConfig, MALLayerState, MALTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig
 
+from conv_taps import random_taps
+
 DT = torch.float64
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 B, D, V, W, P = 2, 16, 16, 4, 2
@@ -22,11 +24,12 @@ def make_layer(chunk_size: int = 3, num_persistent: int = P, seed: int = 0) -> M
     return MALLayer(cfg).to(DT)
 
 
-def make(seed: int = 0) -> MALTransformer:
+def make(seed: int = 0, conv_size: int = 0) -> MALTransformer:
+    """``conv_size``: the memory's convolution, its taps random (not the identity it starts as)."""
     torch.manual_seed(seed)
     cfg = MALConfig(vocab_size=V, dim=D, depth=2, heads=2, num_persistent=P, window=W,
-                    memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.1))
-    return MALTransformer(cfg).to(DT)
+                    memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.1, conv_size=conv_size))
+    return random_taps(MALTransformer(cfg).to(DT))
 
 
 def inputs(n: int = 16, seed: int = 1, b: int = B) -> torch.Tensor:
@@ -89,8 +92,8 @@ def test_the_read_at_t_does_not_see_token_t():
 
     def without_token_t(fn):                          # x_t's write made from another token
         other = inputs(8, seed=9)
-        return lambda z: tuple(torch.cat((a[:, :t], b[:, t:t + 1], a[:, t + 1:]), dim=1)
-                               for a, b in zip(fn(z), fn(other)))
+        return lambda z, *rest: tuple(torch.cat((a[:, :t], b[:, t:t + 1], a[:, t + 1:]), dim=1)
+                                      for a, b in zip(fn(z, *rest), fn(other, *rest)))
 
     memory.keys_values, memory.rates = without_token_t(keys_values), without_token_t(rates)
     try:
@@ -101,8 +104,9 @@ def test_the_read_at_t_does_not_see_token_t():
     assert not torch.allclose(o2[:, t + 1], o[:, t + 1])
 
 
-def test_causal_at_every_position():
-    model = make()
+@pytest.mark.parametrize("conv_size", [0, 3])
+def test_causal_at_every_position(conv_size):
+    model = make(conv_size=conv_size)
     t = tokens()
     logits, _ = model(t)
     gen = torch.Generator().manual_seed(2)
@@ -114,9 +118,10 @@ def test_causal_at_every_position():
         assert not torch.equal(logits2[:, j + 1:], logits[:, j + 1:])
 
 
+@pytest.mark.parametrize("conv_size", [0, 3])
 @pytest.mark.parametrize("cuts", CUTS)
-def test_model_streams_exactly(cuts):
-    model = make()
+def test_model_streams_exactly(cuts, conv_size):
+    model = make(conv_size=conv_size)
     t = tokens()
     whole, end = model(t)
     state, pieces = None, []

@@ -8,27 +8,32 @@ from mac_minimal.mac_attention import COMBINES
 from mac_minimal.model import MACConfig, MACState, MACTransformer, state_nbytes
 from mac_minimal.neural_memory import NeuralMemoryConfig
 
+from conv_taps import random_taps
+
 V, C = 16, 4
 
 
-def make(use_memory: bool = True, combine: str = "sum", seed: int = 0, **kw) -> MACTransformer:
-    """A small float64 model; the memory scale starts at 0.5, not 0, so eq. (25)'s memory term takes part."""
+def make(use_memory: bool = True, combine: str = "sum", seed: int = 0, conv_size: int = 0, **kw) -> MACTransformer:
+    """A small float64 model; the memory scale starts at 0.5, not 0, so eq. (25)'s memory term takes part.
+    ``conv_size``: the memory's convolution, its taps random (not the identity it starts as)."""
     kw.setdefault("memory_scale_init", 0.5)
     torch.manual_seed(seed)
+    memory = NeuralMemoryConfig(chunk_size=3, max_lr=0.03, conv_size=conv_size)
     cfg = MACConfig(vocab_size=V, dim=16, depth=2, heads=2, segment_len=C, num_persistent=2, combine=combine,
-                    use_memory=use_memory, memory=NeuralMemoryConfig(chunk_size=3, max_lr=0.03), **kw)
-    return MACTransformer(cfg).double()
+                    use_memory=use_memory, memory=memory, **kw)
+    return random_taps(MACTransformer(cfg).double())
 
 
 def tokens(n: int = 14, b: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("use_memory", [True, False])
-def test_causal_at_every_position(use_memory):
+@pytest.mark.parametrize("use_memory,conv_size", [(True, 0), (False, 0), (True, 3)])
+def test_causal_at_every_position(use_memory, conv_size):
     """Positions 0..12 cover: inside a segment, segment boundaries (3|4, 7|8, 11|12), three segments
-    back, and a last segment that is not full (n = 14, segment_len = 4)."""
-    model = make(use_memory)
+    back, and a last segment that is not full (n = 14, segment_len = 4); also with the memory's
+    convolution, whose window crosses segment edges."""
+    model = make(use_memory, conv_size=conv_size)
     t = tokens()
     logits, _ = model(t)
     gen = torch.Generator().manual_seed(2)
@@ -54,10 +59,10 @@ def test_memory_carries_segment_one_to_segment_three(combine):
     torch.testing.assert_close(a[:, C:], b[:, C:], rtol=0, atol=0)      # segments 2, 3: untouched
 
 
-@pytest.mark.parametrize("use_memory", [True, False])
+@pytest.mark.parametrize("use_memory,conv_size", [(True, 0), (False, 0), (True, 3)])
 @pytest.mark.parametrize("cuts", [list(range(15)), [0, 3, 4, 5, 11, 14], [0, 7, 14], [0, 1, 9, 14]])
-def test_streaming_equals_one_call(use_memory, cuts):
-    model = make(use_memory)
+def test_streaming_equals_one_call(use_memory, conv_size, cuts):
+    model = make(use_memory, conv_size=conv_size)
     t = tokens()
     whole, end = model(t)
     state, pieces = None, []

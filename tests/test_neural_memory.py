@@ -17,6 +17,7 @@ from mac_minimal.neural_memory import (
     token_gradients,
 )
 
+from conv_taps import random_taps
 from gradients import assert_same_values_and_gradients
 
 DIM = 6
@@ -495,3 +496,84 @@ def test_recompute_writes_errors():
         recompute_writes("model")
     with pytest.raises(ValueError, match="no NeuralMemory"):
         recompute_writes(torch.nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- the short convolution (section 4.4)
+def conv_memory(chunk_size: int = 3, conv_size: int = 4, seed: int = 0) -> NeuralMemory:
+    """A memory with a convolution whose taps are random (not the identity it starts as)."""
+    return random_taps(make(chunk_size, seed=seed, conv_size=conv_size))
+
+
+def tapped(x: torch.Tensor, projection: torch.nn.Linear, taps: torch.Tensor) -> torch.Tensor:
+    """The convolution written out: out_t = sum_j taps[:, K-1-j] * projection(x_{t-j}), zeros before 0."""
+    p, conv_size = projection(x), taps.shape[1]
+    rows = []
+    for t in range(x.shape[1]):
+        rows.append(sum(taps[:, conv_size - 1 - j] * p[:, t - j] for j in range(conv_size) if t - j >= 0))
+    return torch.stack(rows, dim=1)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4])
+def test_conv_memory_equals_its_taps_written_out_and_the_token_loop_with_gradients(chunk_size):
+    model, x = conv_memory(chunk_size), tokens(n=10).requires_grad_()
+    y, state = model(x)
+    k = F.normalize(F.silu(tapped(x, model.to_k, model.conv_k)), dim=-1)
+    v = F.silu(tapped(x, model.to_v, model.conv_v))
+    q = F.normalize(F.silu(tapped(x, model.to_q, model.conv_q)), dim=-1)
+    theta, eta, alpha = model.rates(x)
+    reference, expected = model.init_state(2), []
+    for t in range(x.shape[1]):
+        reference = model.write_kv_sequential(k[:, t:t + 1], v[:, t:t + 1], theta[:, t:t + 1], eta[:, t:t + 1],
+                                              alpha[:, t:t + 1], reference)
+        w1, w2, gain, bias = reference.weights
+        expected.append(memory_mlp((w1, w2, gain[:, None], bias[:, None]), q[:, t:t + 1]))
+    params = [x, model.conv_q, model.conv_k, model.conv_v, model.to_k.weight, model.init_w1]
+    assert_same_values_and_gradients([y, state_summary(state)],
+                                     [torch.cat(expected, dim=1), state_summary(reference)], params)
+    assert_close(state.recent, x[:, -3:])                             # the last K - 1 inputs
+
+
+@pytest.mark.parametrize("cuts", [[0, 1, 2, 3, 10], [0, 5, 6, 10], [0, 2, 9, 10]])
+def test_conv_memory_streamed_in_pieces_equals_one_pass(cuts):
+    model, x = conv_memory(), tokens(n=10)
+    whole, end = model(x)
+    state, pieces = None, []
+    for a, b in zip(cuts, cuts[1:]):
+        y, state = model(x[:, a:b], state)
+        pieces.append(y)
+    assert_close(torch.cat(pieces, dim=1), whole)
+    assert_states_close(state, end)
+    assert_close(state.recent, end.recent)
+    first = model.write(x[:, :2], None)                               # a zero before the stream's start
+    assert_close(first.recent, torch.cat((torch.zeros_like(x[:, :1]), x[:, :2]), dim=1))
+    assert_states_close(model.write(x[:, 2:], first), end)            # write carries what forward does
+    assert_close(model.write(x[:, 2:], first).recent, x[:, -3:])
+
+
+def test_conv_memory_forms_agree():
+    """The dual form, the materialised form and the token loop, all with the convolution."""
+    model, x = conv_memory(), tokens(n=9)
+    y, state = model(x)
+    for y2, state2 in (model.forward_materialized(x), model.forward_sequential(x)):
+        assert_close(y2, y)
+        assert_states_close(state2, state)
+    assert_states_close(model.write_sequential(x, None), state)
+
+
+def test_conv_starts_as_the_identity():
+    """With its initial taps a memory with a convolution computes what the same memory without one does."""
+    plain, convolved = make(seed=3), make(seed=3, conv_size=4)
+    convolved.load_state_dict(plain.state_dict(), strict=False)
+    x = tokens(n=7)
+    assert_close(convolved(x)[0], plain(x)[0])
+    assert [n for n, _ in convolved.named_parameters() if n.startswith("conv")] == ["conv_q", "conv_k", "conv_v"]
+    assert plain.init_state(2).recent is None and convolved.init_state(2).recent.shape == (2, 3, DIM)
+
+
+def test_conv_errors():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="conv_size must be an int >= 0"):
+            NeuralMemoryConfig(dim=DIM, conv_size=bad)
+    model = conv_memory()
+    with pytest.raises(ValueError, match=r"recent must have shape \(batch, conv_size - 1, dim\) = \(2, 3, 6\)"):
+        model.read(tokens(n=2), model.init_state(2), recent=tokens(n=2))

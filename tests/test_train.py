@@ -185,9 +185,25 @@ def test_memory_flags_reach_the_mac_config(capsys):
     assert model_config(parse_args(TINY + ["--memory-max-momentum", "0"]), 64).memory.max_momentum == 0.0
     assert model_config(parse_args(TINY), 64).memory.write_norm is True
     assert model_config(parse_args(TINY + ["--no-memory-write-norm"]), 64).memory.write_norm is False
+    assert model_config(parse_args(TINY), 64).memory.conv_size == 0
+    for name in ("mac", "mag", "mal"):
+        assert model_config(parse_args(TINY + ["--model", name, "--memory-conv-size", "4"]), 64).memory.conv_size == 4
     with pytest.raises(SystemExit):
         parse_args(TINY + ["--memory-max-momentum", "1.5"])
     assert "--memory-max-momentum must be >= 0 and <= 1, got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(TINY + ["--memory-conv-size", "-2"])
+    assert "--memory-conv-size must be an int >= 0, got -2" in capsys.readouterr().err
+
+
+def test_a_mac_with_a_memory_convolution_trains_and_resumes(tmp_path):
+    cfg = tiny(tmp_path, model="mac", memory_conv_size=3, steps=3, eval_every=2)
+    train(cfg)
+    saved = torch.load(cfg.checkpoint_path, weights_only=True)
+    assert saved["model_config"]["memory"]["conv_size"] == 3
+    assert any(name.endswith("memory.conv_k") for name in saved["model"])
+    train(replace(cfg, steps=4, resume=True))
+    assert read_metrics(cfg.metrics_path)[-1]["step"] == 4
 
 
 def test_peak_memory_is_reported_in_bytes_on_the_cpu():
