@@ -90,10 +90,11 @@ def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> context
     2: the layer norm's gain, 3: its bias) as they were before anything was written, ``M_0``'s, and
     the written ones for the rest; the writes themselves are unchanged."""
     def make(memory: torch.nn.Module) -> Callable:
-        def read(q_input: torch.Tensor, state: NeuralMemoryState) -> torch.Tensor:
+        def read(q_input: torch.Tensor, state: NeuralMemoryState, recent: torch.Tensor | None = None
+                 ) -> torch.Tensor:
             weights = tuple(p.expand_as(w) if i in parts else w
                             for i, (p, w) in enumerate(zip(memory.initial_weights, state.weights)))
-            return type(memory).read(memory, q_input, state._replace(weights=weights))
+            return type(memory).read(memory, q_input, state._replace(weights=weights), recent=recent)
         return read
     return memories_with(model, "read", make)
 
@@ -172,7 +173,8 @@ def memory_rates_and_keys(memory: torch.nn.Module, y: torch.Tensor, x: torch.Ten
     is_own = torch.nn.functional.one_hot(own, pairs).bool()
 
     def query_match(inputs: torch.Tensor, prefix: str) -> dict:         # the query of inputs (b, n, d)
-        match = torch.einsum("qd,qnd->qn", memory.queries(inputs[rows, places]), k[rows])   # (questions, N)
+        queries = memory.queries(inputs)[rows, places]                  # the whole stream's (a convolution's window)
+        match = torch.einsum("qd,qnd->qn", queries, k[rows])             # (questions, N)
         return {f"{prefix}query_cosine_own_key": float(match[is_own].mean()),
                 f"{prefix}query_cosine_other_keys": float(match[~is_own].mean()),
                 f"{prefix}query_nearest_own_key": float((match.argmax(-1) == own).float().mean())}
