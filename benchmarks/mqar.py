@@ -68,6 +68,13 @@ VARIANTS = {
     "mac-matrices-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                                + ["--no-memory-write-norm", "--memory-conv-size", "4", "--dim", "64",
                                   "--steps", "3000", "--compile"],
+    # neither made the query meet its own key: a bag of the stream's values answers one pair perfectly
+    # and is learned first. Streams of 4 to 8 pairs only (--min-facts 4), where a bag cannot answer
+    "mac-many-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                     + ["--min-facts", "4", "--dim", "64", "--steps", "3000", "--compile"],
+    "mac-matrices-many-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                              + ["--no-memory-write-norm", "--min-facts", "4", "--dim", "64", "--steps", "3000",
+                                 "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

@@ -97,7 +97,10 @@ MODEL_FLAGS = {
 }
 TASK_FLAGS = {
     "max_bytes": (int, "lm: bytes of text to read"),
-    "num_facts": (int, "recall: facts per sequence; mqar: the most key-value pairs (each batch draws 1 to this)"),
+    "num_facts": (int, "recall: facts per sequence; mqar: the most key-value pairs (each batch draws "
+                       "--min-facts to this)"),
+    "min_facts": (int, "mqar: the fewest key-value pairs a training batch draws (the evaluation still asks "
+                       "1, 2, 4, ...)"),
     "num_values": (int, "recall: distinct values (chance accuracy = 1 / num_values)"),
     "num_keys": (int, "recall: distinct keys (>= num_facts)"),
 }

@@ -59,13 +59,14 @@ def data_seed(seed: int, rank: int) -> int:
 def make_batch(cfg: TrainConfig, data: TaskData, generator: torch.Generator) -> Batch:
     """One training batch, (batch_size, seq_len) tokens. Recall: a distance drawn uniformly from the
     whole range the sequence length allows, so the model meets every distance it is evaluated on.
-    MQAR: a number of pairs drawn uniformly from 1 to ``num_facts`` (every count it is evaluated at).
+    MQAR: a number of pairs drawn uniformly from ``min_facts`` (1 by default, then every count it is
+    evaluated at) to ``num_facts``.
     LM: random windows of the training bytes."""
     if cfg.task == "recall":
         low, high = recall_distance_range(cfg.seq_len, cfg.num_facts)
         distance = int(torch.randint(low, high + 1, (1,), generator=generator))
         return recall_batch(cfg.batch_size, cfg.seq_len, distance, cfg.num_facts, generator, cfg.recall_task)
     if cfg.task == "mqar":
-        pairs = int(torch.randint(1, cfg.num_facts + 1, (1,), generator=generator))
+        pairs = int(torch.randint(cfg.min_facts, cfg.num_facts + 1, (1,), generator=generator))
         return mqar_batch(cfg.batch_size, cfg.seq_len, pairs, generator, cfg.recall_task)
     return lm_batch(data.train_tokens, cfg.batch_size, cfg.seq_len, generator)

@@ -59,6 +59,7 @@ class TrainConfig:
     data: str | None = None
     max_bytes: int = 4_000_000
     num_facts: int = 4
+    min_facts: int = 1                               # mqar: the fewest pairs a training batch draws
     num_values: int = 32
     num_keys: int = 32
     eval_distances: list[int] | None = None
@@ -148,6 +149,10 @@ class TrainConfig:
         if self.task == "mqar" and self.seq_len < mqar_min_length(self.num_facts):
             raise ValueError(f"seq_len must be >= {mqar_min_length(self.num_facts)} for --task mqar with "
                              f"num_facts={self.num_facts} (the pairs, then two tokens per query), got {self.seq_len}")
+        require_int("min_facts", self.min_facts, minimum=1)
+        if self.min_facts != 1 and (self.task != "mqar" or self.min_facts > self.num_facts):
+            raise ValueError(f"min_facts must be 1, or with --task mqar at most --num-facts={self.num_facts}, "
+                             f"got {self.min_facts} (task {self.task})")
         if self.task in ("recall", "mqar") and self.num_facts > self.num_keys:
             raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
                              f"own), got {self.num_facts}")

@@ -172,6 +172,20 @@ def test_recall_keys_option_sets_the_vocabulary(tmp_path):
     assert all(part in str(info.value) for part in ("--num-facts", "--num-keys=2", "got 3"))
 
 
+def test_mqar_batches_draw_at_least_min_facts_pairs(tmp_path):
+    cfg = tiny(tmp_path, task="mqar", num_facts=6, min_facts=4, seq_len=32, eval_distances=None)
+    generator, data = torch.Generator().manual_seed(0), prepare_data(cfg)
+    counts = {int(make_batch(cfg, data, generator).mask[0].sum()) for _ in range(40)}
+    assert counts == {4, 5, 6}                                        # every count from min to max, no fewer
+    default = tiny(tmp_path, task="mqar", num_facts=6, seq_len=32, eval_distances=None)
+    assert {int(make_batch(default, data, generator).mask[0].sum()) for _ in range(60)} == set(range(1, 7))
+    assert parse_args(["--task", "mqar", "--num-facts", "6", "--min-facts", "4", "--seq-len", "32"]).min_facts == 4
+    for bad, task in ((7, "mqar"), (0, "mqar"), (2, "recall")):
+        with pytest.raises(ValueError, match="min_facts must be"):
+            tiny(tmp_path, task=task, num_facts=6, min_facts=bad, seq_len=32,
+                 eval_distances=None if task == "mqar" else [8, 20])
+
+
 def test_memory_flags_reach_the_mac_config(capsys):
     assert parse_args(TINY).memory_scale_init == 0.0 and parse_args(TINY).memory_max_lr == 0.03
     cfg = parse_args(TINY + ["--memory-scale-init", "none", "--memory-max-lr", "0.1"])
