@@ -90,6 +90,7 @@ CONTINUED = {
     # trained on 4 to 8 pairs its matrices carry half of the answers at step 3,000 (queries still at
     # chance): 3,000 steps more, as for mac-3000
     "mac-many-3000-then6000": ("mac-many-3000", dict(steps=6000)),
+    "mac-matrices-many-3000-then6000": ("mac-matrices-many-3000", dict(steps=6000)),
 }
 
 
