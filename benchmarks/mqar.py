@@ -88,7 +88,7 @@ CONTINUED = {
     # seed 0 still rising at step 6,000 (four pairs 0.30 at 4,500, more since): 3,000 steps more
     "mac-matrices-3000-then9000": ("mac-matrices-3000-then6000", dict(steps=9000)),
     # trained on 4 to 8 pairs its matrices carry half of the answers at step 3,000 (queries still at
-    # chance): 3,000 steps more, as for mac-3000
+    # chance): 3,000 steps more, as for mac-3000 (and for its matrices-only twin)
     "mac-many-3000-then6000": ("mac-many-3000", dict(steps=6000)),
     "mac-matrices-many-3000-then6000": ("mac-matrices-many-3000", dict(steps=6000)),
 }
