@@ -91,6 +91,8 @@ CONTINUED = {
     # chance): 3,000 steps more, as for mac-3000 (and for its matrices-only twin)
     "mac-many-3000-then6000": ("mac-many-3000", dict(steps=6000)),
     "mac-matrices-many-3000-then6000": ("mac-matrices-many-3000", dict(steps=6000)),
+    # with every weight written, 0.42 with four pairs at 6,000 and rising: 3,000 steps more
+    "mac-many-3000-then9000": ("mac-many-3000-then6000", dict(steps=9000)),
 }
 
 
