@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from mac_minimal.attention import attention_weights, masked_attention, merge_heads, split_heads
 from mac_minimal.checks import require_number, require_positive_int
 from mac_minimal.layers import FeedForward
-from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState
+from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState, moved_on
 from mac_minimal.persistent import PersistentKV, PersistentMemoryConfig, causal_mask_with_prefix
 from mac_minimal.rotary import apply_rotary
 
@@ -290,9 +290,7 @@ class MACAttention(nn.Module):
         else:
             h = self.retrieve(x, state)                                   # (21)
             if state.recent_inputs is not None:                           # x joins eq. (21)'s conv window
-                history = torch.cat((state.recent_inputs, x), dim=1)
-                keep = history.shape[1] - state.recent_inputs.shape[1]
-                state = state._replace(recent_inputs=history[:, keep:].contiguous())
+                state = state._replace(recent_inputs=moved_on(state.recent_inputs, x))
             y, state = self.attend(x, h, state)                           # (22)-(23)
             m, memory = self.memory(y, state.memory)                      # (24), m_j = M_j(y_j)
             if self.memory_scale is not None:

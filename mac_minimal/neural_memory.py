@@ -141,6 +141,13 @@ class NeuralMemoryState(NamedTuple):
     recent: Tensor | None
 
 
+def moved_on(recent: Tensor, x: Tensor) -> Tensor:
+    """A convolution's window after the inputs x (b, n, d): the last ``recent.shape[1]`` rows of
+    ``recent`` (b, K - 1, d) followed by x, contiguous (one compiled graph for every window)."""
+    history = torch.cat((recent, x), dim=1)
+    return history[:, history.shape[1] - recent.shape[1]:].contiguous()
+
+
 def _as_rate(rate: Tensor, like: Tensor) -> Tensor:
     """Reshape a rate ``(b,)`` or ``(b, c)`` to broadcast against ``like`` ``(b, [c,] *shape)``."""
     return rate.reshape(*rate.shape, *([1] * (like.dim() - rate.dim())))
@@ -308,10 +315,7 @@ class NeuralMemory(nn.Module):
 
     def _advanced(self, state: NeuralMemoryState, x: Tensor) -> NeuralMemoryState:
         """``state`` with ``recent`` moved on past the inputs x (b, n, d): its last K - 1 inputs."""
-        if state.recent is None:
-            return state
-        history = torch.cat((state.recent, x), dim=1)
-        return state._replace(recent=history[:, history.shape[1] - state.recent.shape[1]:].contiguous())
+        return state if state.recent is None else state._replace(recent=moved_on(state.recent, x))
 
     def rates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Data-dependent rates, each (b, n): step ``theta_t`` in (0, max_lr), momentum
