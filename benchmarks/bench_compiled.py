@@ -144,7 +144,7 @@ def main() -> None:
     # an empty inductor cache, so that first_step_s is a cold compile (the step-memory processes
     # inherit it, warm)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_compiled_inductor_")
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), os.getloadavg()
     results = {}
     for name in args.settings:
         setting = SETTINGS[name] | (SMOKE_SETTINGS[name] if args.smoke else {})
@@ -170,6 +170,9 @@ def main() -> None:
                              "or more mapped, and unmapped when freed: the resident set follows the live "
                              "tensors; common.step_memory_bytes); null if not measured",
         "backend": args.backend, "smoke": args.smoke, "repeats": args.repeats, "environment": environment(),
+        "load_average": {"start": load_at_start, "end": os.getloadavg(),
+                         "what": "os.getloadavg() (1, 5, 15 minutes) when the run started and ended: "
+                                 "near 0 on an otherwise idle machine; other work slows every time here"},
         "settings": results, "total_seconds": time.perf_counter() - start,
     }
     save_results(payload, args.out, OUT, args.smoke)

@@ -75,6 +75,24 @@ VARIANTS = {
     "mac-matrices-many-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                               + ["--no-memory-write-norm", "--min-facts", "4", "--dim", "64", "--steps", "3000",
                                  "--compile"],
+    # on 4 to 8 pairs the matrices carry answers but the queries still meet their own key at chance:
+    # both at once, the many pairs and the short convolution that can put a key and its value in one write
+    "mac-many-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                           + ["--min-facts", "4", "--memory-conv-size", "4", "--dim", "64", "--steps", "3000",
+                              "--compile"],
+    # every variant above answers about as a model that knows no key would by elimination: a value
+    # already shown as an answer is not the next answer (1, 0.75, 0.52, 0.34 with 1, 2, 4, 8 pairs;
+    # benchmarks/mqar_probe.py). Streams that do not show the answers take that way away
+    "full_attention-hidden": TASK + ["--no-mqar-show-answers", "--model", "full_attention", "--dim", "64",
+                                     "--steps", "1500"],
+    "mac_no_memory-hidden": TASK + ["--no-mqar-show-answers", "--model", "mac_no_memory", "--dim", "64",
+                                    "--steps", "1500"],
+    "mac-hidden-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                       + ["--no-mqar-show-answers", "--dim", "64", "--steps", "3000", "--compile"],
+    # and no stream of fewer than 4 pairs, where a bag of values would still answer most questions
+    "mac-many-hidden-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                            + ["--no-mqar-show-answers", "--min-facts", "4", "--dim", "64", "--steps", "3000",
+                               "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

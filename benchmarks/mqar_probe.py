@@ -6,7 +6,11 @@ streams as :func:`~mac_minimal.evaluation.evaluate_mqar`: 4 batches of 32 per pa
 every answer asked beyond its pair's segment into: right; the value of *another* pair of the same
 stream (the memory returned a fact it holds, not the one asked for); a value the stream does not
 hold; not a value at all. Wrong answers that are another pair's value are also counted by that
-pair's place in the stream (0: written first). Then, per layer, the memory's rates where the pairs
+pair's place in the stream (0: written first) and by whether the stream had already shown that
+value as an earlier question's answer. Accuracy is also counted by the question's place among the
+stream's questions (0: asked first), beside what answering by elimination would score there: a
+value of the pairs not yet shown as an answer, at random, is right with chance ``1 / (N - j)`` at
+the j-th of N questions (:func:`elimination_accuracy`). Then, per layer, the memory's rates where the pairs
 are written and elsewhere (the step size ``theta_t`` at the pairs' value and key tokens and at
 every later token; the momentum ``eta_t``; the forgetting ``alpha_t``) and the cosine between the
 keys ``k_t`` written at the value tokens of two different pairs (1: the memory cannot tell them
@@ -99,6 +103,13 @@ def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> context
     return memories_with(model, "read", make)
 
 
+def elimination_accuracy(pairs: int) -> float:
+    """The accuracy of answering every question with a value of the stream's pairs not yet shown as
+    an answer, chosen at random: the j-th of N questions (0: asked first) has N - j values left, so
+    ``mean_j 1 / (N - j) = H_N / N`` (1, 0.75, 0.52, 0.34 for 1, 2, 4, 8 pairs). It needs no key."""
+    return sum(1 / (pairs - j) for j in range(pairs)) / pairs
+
+
 @torch.no_grad()
 def probe(name: str, seed: int) -> dict:
     run = RUNS / f"{name}-s{seed}"
@@ -108,20 +119,26 @@ def probe(name: str, seed: int) -> dict:
     for pairs in mqar_pair_counts(cfg.num_facts):
         generator = torch.Generator().manual_seed(EVAL_SEED + pairs)
         counts = {"right": 0, "another_pairs_value": 0, "a_value_not_in_the_stream": 0, "not_a_value": 0}
-        by_pair = [0] * pairs
+        by_pair, already_asked = [0] * pairs, 0
+        right_by_place, asked_by_place = [0] * pairs, [0] * pairs
         for _ in range(BATCHES):
-            batch = mqar_batch(BATCH_SIZE, cfg.seq_len, pairs, generator, task)
+            batch = mqar_batch(BATCH_SIZE, cfg.seq_len, pairs, generator, task, cfg.mqar_show_answers)
             logits, written, read = written_inputs(model, batch.inputs)
             predicted, far = logits.argmax(-1), beyond_segment(batch, pairs, cfg.segment_len)
             values = batch.inputs[:, 1: 2 * pairs: 2]                                   # (b, N)
+            place = batch.mask.long().cumsum(-1) - 1                  # a question's place: 0 = asked first
             for row, position in far.nonzero().tolist():
                 guess, answer = int(predicted[row, position]), int(batch.targets[row, position])
                 held = (values[row] == guess).nonzero().flatten().tolist()
+                asked_by_place[place[row, position]] += 1
                 if guess == answer:
                     counts["right"] += 1
+                    right_by_place[place[row, position]] += 1
                 elif held:
                     counts["another_pairs_value"] += 1
                     by_pair[held[0]] += 1
+                    # the stream shows each question's answer right after it: was this value shown already?
+                    already_asked += bool((batch.inputs[row, :position] == guess).sum() > 1)
                 elif task.value_start <= guess < task.filler_start:
                     counts["a_value_not_in_the_stream"] += 1
                 else:
@@ -131,20 +148,28 @@ def probe(name: str, seed: int) -> dict:
                           for block, y, x in zip(model.blocks, written, read)]
         total = sum(counts.values())
         answers[pairs] = {"asked_beyond_segment": total, **{k: v / total for k, v in counts.items()},
-                          "another_pairs_value_by_place": by_pair}
+                          "another_pairs_value_by_place": by_pair,
+                          "another_pairs_value_already_answered": already_asked / total,
+                          "right_by_question_place": [r / max(a, 1) for r, a in zip(right_by_place, asked_by_place)],
+                          "elimination_by_question_place": [1 / (pairs - j) for j in range(pairs)],
+                          "elimination": elimination_accuracy(pairs)}
         shares = {k: round(v, 2) for k, v in answers[pairs].items() if isinstance(v, float)}
         print(f"  {name} s{seed}, {pairs} pairs: {shares}, wrong by place {by_pair}", flush=True)
+        print(f"    right by the question's place: "
+              f"{[round(a, 2) for a in answers[pairs]['right_by_question_place']]} (elimination: "
+              f"{[round(a, 2) for a in answers[pairs]['elimination_by_question_place']]})", flush=True)
     for layer, row in enumerate(layers):
         print(f"  layer {layer + 1}: {row}", flush=True)
     with without_momentum(model, MOMENTUM_FREE_STEP_SCALE):
         free = evaluate_mqar(model, cfg.seq_len, cfg.num_facts, cfg.segment_len, BATCH_SIZE, BATCHES,
-                             task=task)["beyond_segment"]
+                             task=task, show_answers=cfg.mqar_show_answers)["beyond_segment"]
     print(f"  without momentum, step x{MOMENTUM_FREE_STEP_SCALE}: {free}", flush=True)
     initial_parts = {}
     for label, parts in READ_WITH_INITIAL.items():
         with read_with_initial(model, parts):
             initial_parts[label] = evaluate_mqar(model, cfg.seq_len, cfg.num_facts, cfg.segment_len, BATCH_SIZE,
-                                                 BATCHES, task=task)["beyond_segment"]
+                                                 BATCHES, task=task,
+                                                 show_answers=cfg.mqar_show_answers)["beyond_segment"]
         print(f"  eq. 21 read with M_0's {label}: {initial_parts[label]}", flush=True)
     return {"variant": name, "seed": seed, "step": step, "command": " ".join(["python", *sys.argv]),
             "environment": environment() | {"threads": 1}, "batches": BATCHES, "batch_size": BATCH_SIZE,

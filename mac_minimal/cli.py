@@ -154,6 +154,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--data", default=d.data, metavar="PATH",
                    help="lm: a text file (default: the Python standard library's sources)")
     _add_flags(g, TASK_FLAGS, d)
+    g.add_argument("--mqar-show-answers", action=argparse.BooleanOptionalAction, default=d.mqar_show_answers,
+                   help="mqar: the stream shows each question's answer right after it, as in Zoology (the "
+                        "default); --no-mqar-show-answers: filler there, so that no answer can be had by "
+                        "elimination (a value already shown is not the answer)")
     g.add_argument("--eval-distances", type=int_list, default=d.eval_distances,
                    metavar="D1,D2,...", help="recall: distances to evaluate (default: 5 across the range)")
     _add_flags(p.add_argument_group("optimisation"), OPTIMISATION_FLAGS, d)

@@ -32,6 +32,13 @@ its value (which the stream then shows, as in Zoology)::
     stream:  k1 v1 k2 v2 ... kN vN  filler ... kπ1 vπ1 filler ... kπ2 vπ2 ...
     mask:                                     ^ here the target is vπ1
 
+Shown answers leave a way around the keys: a value already shown as an answer is not the answer
+to a later question, so answering with a value of the pairs not yet shown, picked at random, gets
+the j-th of N questions right with chance ``1 / (N - j)``: on average ``H_N / N`` (0.75, 0.52, 0.34
+with 2, 4, 8 pairs) without ever matching a key. ``show_answers=False`` leaves filler after each
+question instead (the target is still the value): then a model that does not match keys is at
+``1 / N``.
+
 Only the answers count (``mask``, ``N`` per row). The key is the only cue to its value: a pair
 is one token to the next, so the binding is the copy an induction head makes.
 
@@ -176,14 +183,15 @@ def mqar_min_length(num_pairs: int) -> int:
 
 
 def mqar_batch(batch_size: int, seq_len: int, num_pairs: int, generator: torch.Generator,
-               task: RecallTask = RecallTask()) -> Batch:
+               task: RecallTask = RecallTask(), show_answers: bool = True) -> Batch:
     """A batch of multi-query associative recall (the layout in the module docstring), a
     deterministic function of the generator's state.
 
     Returns ``Batch`` with inputs/targets (b, n=seq_len) and a mask with exactly ``num_pairs`` True
     entries per row: the positions holding a query's key, whose target is its value. The queries
     take distinct two-token slots after the pairs (slot ``j`` = positions ``2N + 2j, 2N + 2j + 1``),
-    chosen at random, and ask the keys in a random order.
+    chosen at random, and ask the keys in a random order. ``show_answers=False``: the token after a
+    query's key stays filler (the targets, the mask and the generator's draws are the same).
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     if num_pairs > task.num_keys:
@@ -200,10 +208,13 @@ def mqar_batch(batch_size: int, seq_len: int, num_pairs: int, generator: torch.G
     order = torch.rand(b, n_pairs, generator=generator).argsort(-1)                   # slot j asks pair order[j]
     at = 2 * n_pairs + 2 * slots                                                      # (b, N) query positions
     stream.scatter_(1, at, keys.gather(1, order))
-    stream.scatter_(1, at + 1, values.gather(1, order))
+    targets = stream[:, 1:].clone()
+    targets.scatter_(1, at, values.gather(1, order))
+    if show_answers:
+        stream.scatter_(1, at + 1, values.gather(1, order))
     mask = torch.zeros(b, seq_len, dtype=torch.bool)
     mask.scatter_(1, at, True)
-    return Batch(stream[:, :-1], stream[:, 1:], mask)
+    return Batch(stream[:, :-1], targets, mask)
 
 
 def stdlib_files(root: str | os.PathLike | None = None) -> Iterator[Path]:

@@ -102,12 +102,13 @@ def beyond_segment(batch: Batch, num_pairs: int, segment_len: int) -> Tensor:
 
 @torch.no_grad()
 def evaluate_mqar(model: nn.Module, seq_len: int, max_pairs: int, segment_len: int, batch_size: int,
-                  num_batches: int, device: torch.device | str = "cpu", task: RecallTask = RecallTask()
-                  ) -> dict[str, Any]:
+                  num_batches: int, device: torch.device | str = "cpu", task: RecallTask = RecallTask(),
+                  show_answers: bool = True) -> dict[str, Any]:
     """MQAR accuracy against the number of pairs (:func:`mqar_pair_counts`): for each count N,
     ``num_batches`` fixed batches (drawn from :data:`EVAL_SEED`), the fraction of answers right, over
     all queries (``accuracy``) and over those asked beyond their pair's segment (``beyond_segment``).
-    ``mean_accuracy`` averages ``accuracy`` over the counts."""
+    ``mean_accuracy`` averages ``accuracy`` over the counts. ``show_answers``: as in
+    :func:`~mac_minimal.data.mqar_batch`."""
     device = torch.device(device)
     accuracy, beyond, losses = {}, {}, []
     was_training, _ = model.training, model.eval()
@@ -115,7 +116,7 @@ def evaluate_mqar(model: nn.Module, seq_len: int, max_pairs: int, segment_len: i
         generator = torch.Generator().manual_seed(EVAL_SEED + pairs)
         hits, count, far_hits, far_count = 0.0, 0.0, 0.0, 0.0
         for _ in range(num_batches):
-            batch = mqar_batch(batch_size, seq_len, pairs, generator, task)
+            batch = mqar_batch(batch_size, seq_len, pairs, generator, task, show_answers)
             far = beyond_segment(batch, pairs, segment_len).to(device)
             batch = batch.to(device)
             loss, correct = per_token_loss_and_correct(model, batch, device)
@@ -152,5 +153,5 @@ def evaluate(model: nn.Module, cfg: TrainConfig, data: TaskData, device: torch.d
                                cfg.eval_batches, device, task=cfg.recall_task)
     if cfg.task == "mqar":
         return evaluate_mqar(model, cfg.seq_len, cfg.num_facts, cfg.segment_len, cfg.batch_size,
-                             cfg.eval_batches, device, task=cfg.recall_task)
+                             cfg.eval_batches, device, task=cfg.recall_task, show_answers=cfg.mqar_show_answers)
     return evaluate_lm(model, lm_eval_batches(data.val_tokens, cfg.batch_size, cfg.seq_len, cfg.eval_batches), device)

@@ -68,5 +68,5 @@ def make_batch(cfg: TrainConfig, data: TaskData, generator: torch.Generator) -> 
         return recall_batch(cfg.batch_size, cfg.seq_len, distance, cfg.num_facts, generator, cfg.recall_task)
     if cfg.task == "mqar":
         pairs = int(torch.randint(cfg.min_facts, cfg.num_facts + 1, (1,), generator=generator))
-        return mqar_batch(cfg.batch_size, cfg.seq_len, pairs, generator, cfg.recall_task)
+        return mqar_batch(cfg.batch_size, cfg.seq_len, pairs, generator, cfg.recall_task, cfg.mqar_show_answers)
     return lm_batch(data.train_tokens, cfg.batch_size, cfg.seq_len, generator)

@@ -60,6 +60,7 @@ class TrainConfig:
     max_bytes: int = 4_000_000
     num_facts: int = 4
     min_facts: int = 1                               # mqar: the fewest pairs a training batch draws
+    mqar_show_answers: bool = True                   # mqar: the stream shows each question's answer after it
     num_values: int = 32
     num_keys: int = 32
     eval_distances: list[int] | None = None
@@ -153,6 +154,8 @@ class TrainConfig:
         if self.min_facts != 1 and (self.task != "mqar" or self.min_facts > self.num_facts):
             raise ValueError(f"min_facts must be 1, or with --task mqar at most --num-facts={self.num_facts}, "
                              f"got {self.min_facts} (task {self.task})")
+        if not self.mqar_show_answers and self.task != "mqar":
+            raise ValueError(f"mqar_show_answers=False needs --task mqar, got task {self.task}")
         if self.task in ("recall", "mqar") and self.num_facts > self.num_keys:
             raise ValueError(f"--num-facts must be <= --num-keys={self.num_keys} (each fact needs a key of its "
                              f"own), got {self.num_facts}")

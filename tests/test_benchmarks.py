@@ -238,6 +238,18 @@ def test_memory_alone_holds_orthogonal_pairs_and_momentum_blends_them():
     assert alone.cell(memory, 4, 0.5, 0.95, 0.03)["accuracy"] < 0.7
 
 
+def test_mqar_probe_elimination_is_the_mean_of_one_over_the_values_left():
+    """Answering with a value not yet shown, at random: question j of N is right with chance 1 / (N - j)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mqar_probe as probe
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert probe.elimination_accuracy(1) == 1.0 and probe.elimination_accuracy(2) == 0.75
+    assert abs(probe.elimination_accuracy(4) - (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4) < 1e-12
+    assert abs(probe.elimination_accuracy(8) - 761 / 2240) < 1e-12          # H_8 / 8
+
+
 def test_mqar_probe_interventions_change_only_what_they_name_and_undo_themselves():
     """mqar_probe: without_momentum zeroes eta_t and scales theta_t in every layer; read_with_initial
     with every part reads M_0 whatever was written, with no part reads the written memory; both undone."""

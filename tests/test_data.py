@@ -161,6 +161,17 @@ def test_mqar_pairs_open_the_stream_and_every_key_is_asked_once_for_its_value():
         assert (rest[~query_or_answer] >= task.filler_start).all()      # filler everywhere else
 
 
+def test_mqar_without_shown_answers_leaves_filler_after_each_question_and_asks_the_same():
+    task = RecallTask()
+    shown = mqar_batch(16, 40, 5, torch.Generator().manual_seed(3), task)
+    hidden = mqar_batch(16, 40, 5, torch.Generator().manual_seed(3), task, show_answers=False)
+    assert torch.equal(shown.mask, hidden.mask) and torch.equal(shown.targets[shown.mask], hidden.targets[hidden.mask])
+    after_question = torch.roll(shown.mask, 1, dims=1)               # where the shown stream has the answer
+    assert torch.equal(shown.inputs[after_question], shown.targets[shown.mask])
+    assert (hidden.inputs[after_question] >= task.filler_start).all()   # filler there, never the value
+    assert torch.equal(shown.inputs[~after_question], hidden.inputs[~after_question])   # the rest as shown
+
+
 def test_mqar_batches_are_a_function_of_the_seed_and_queries_move():
     a = mqar_batch(8, 64, 4, torch.Generator().manual_seed(0))
     b = mqar_batch(8, 64, 4, torch.Generator().manual_seed(0))

@@ -15,9 +15,10 @@ import mac_minimal.cli as cli_module
 import mac_minimal.train as train_module
 from mac_minimal.checkpoint import CHECKPOINT_KEYS, CheckpointError, save_checkpoint, load_trained_model
 from mac_minimal.cli import main, parse_args
-from mac_minimal.data import KEY, QUERY, VALUE, Batch, RecallTask, lm_eval_batches, read_corpus, recall_batch
-from mac_minimal.evaluation import (beyond_segment, compute_loss, evaluate_lm, evaluate_mqar, evaluate_recall,
-                                   mqar_pair_counts)
+from mac_minimal.data import (KEY, QUERY, VALUE, Batch, RecallTask, lm_eval_batches, mqar_batch, read_corpus,
+                              recall_batch)
+from mac_minimal.evaluation import (beyond_segment, compute_loss, evaluate, evaluate_lm, evaluate_mqar,
+                                   evaluate_recall, mqar_pair_counts)
 from mac_minimal.mag import MAGTransformer
 from mac_minimal.mal import MALTransformer
 from mac_minimal.metrics import read_metrics
@@ -184,6 +185,22 @@ def test_mqar_batches_draw_at_least_min_facts_pairs(tmp_path):
         with pytest.raises(ValueError, match="min_facts must be"):
             tiny(tmp_path, task=task, num_facts=6, min_facts=bad, seq_len=32,
                  eval_distances=None if task == "mqar" else [8, 20])
+
+
+def test_mqar_show_answers_flag_reaches_the_batches_and_the_evaluation(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, task="mqar", num_facts=4, seq_len=32, eval_distances=None, mqar_show_answers=False)
+    assert parse_args(["--task", "mqar", "--no-mqar-show-answers"]).mqar_show_answers is False
+    assert parse_args(["--task", "mqar"]).mqar_show_answers is True
+    batch = make_batch(cfg, prepare_data(cfg), torch.Generator().manual_seed(0))
+    after_question = torch.roll(batch.mask, 1, dims=1)
+    assert (batch.inputs[after_question] >= cfg.recall_task.filler_start).all()   # no answer in the stream
+    seen = []
+    monkeypatch.setattr("mac_minimal.evaluation.mqar_batch",
+                        lambda *args, **kwargs: seen.append(args[-1]) or mqar_batch(*args, **kwargs))
+    hidden = evaluate(PairOracle(), cfg, prepare_data(cfg), torch.device("cpu"))
+    assert set(seen) == {False} and hidden["accuracy"] == {1: 1.0, 2: 1.0, 4: 1.0}   # the keys still tell
+    with pytest.raises(ValueError, match="mqar_show_answers=False needs --task mqar"):
+        tiny(tmp_path, mqar_show_answers=False)
 
 
 def test_memory_flags_reach_the_mac_config(capsys):
