@@ -111,6 +111,10 @@ CONTINUED = {
     "mac-matrices-many-3000-then6000": ("mac-matrices-many-3000", dict(steps=6000)),
     # with every weight written, 0.42 with four pairs at 6,000 and rising: 3,000 steps more
     "mac-many-3000-then9000": ("mac-many-3000-then6000", dict(steps=9000)),
+    # with the answers hidden, above what a bag of values scores (1 / N) with 2, 4 and 8 pairs at step
+    # 3,000 and still rising: the first runs whose answers need the keys
+    "mac-many-hidden-3000-then6000": ("mac-many-hidden-3000", dict(steps=6000)),
+    "mac-many-hidden-3000-then9000": ("mac-many-hidden-3000-then6000", dict(steps=9000)),
 }
 
 

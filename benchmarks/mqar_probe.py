@@ -138,7 +138,7 @@ def probe(name: str, seed: int) -> dict:
                     counts["another_pairs_value"] += 1
                     by_pair[held[0]] += 1
                     # the stream shows each question's answer right after it: was this value shown already?
-                    already_asked += bool((batch.inputs[row, :position] == guess).sum() > 1)
+                    already_asked += bool((batch.inputs[row, 2 * pairs: position] == guess).any())
                 elif task.value_start <= guess < task.filler_start:
                     counts["a_value_not_in_the_stream"] += 1
                 else:
