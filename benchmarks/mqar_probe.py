@@ -8,9 +8,11 @@ stream (the memory returned a fact it holds, not the one asked for); a value the
 hold; not a value at all. Wrong answers that are another pair's value are also counted by that
 pair's place in the stream (0: written first) and by whether the stream had already shown that
 value as an earlier question's answer. Accuracy is also counted by the question's place among the
-stream's questions (0: asked first), beside what answering by elimination would score there: a
-value of the pairs not yet shown as an answer, at random, is right with chance ``1 / (N - j)`` at
-the j-th of N questions (:func:`elimination_accuracy`). Then, per layer, the memory's rates where the pairs
+stream's questions (0: asked first), beside what two models that know the stream's values but no
+key would score on the same questions (:func:`no_key_chances`): a value of the pairs at random
+(a bag), and a value of the pairs not yet asked at random (elimination, which the answers the
+stream shows after its questions allow: ``1 / (N - j)`` at the j-th of N questions when the values
+differ, :func:`elimination_accuracy`). Then, per layer, the memory's rates where the pairs
 are written and elsewhere (the step size ``theta_t`` at the pairs' value and key tokens and at
 every later token; the momentum ``eta_t``; the forgetting ``alpha_t``) and the cosine between the
 keys ``k_t`` written at the value tokens of two different pairs (1: the memory cannot tell them
@@ -105,9 +107,18 @@ def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> context
 
 def elimination_accuracy(pairs: int) -> float:
     """The accuracy of answering every question with a value of the stream's pairs not yet shown as
-    an answer, chosen at random: the j-th of N questions (0: asked first) has N - j values left, so
-    ``mean_j 1 / (N - j) = H_N / N`` (1, 0.75, 0.52, 0.34 for 1, 2, 4, 8 pairs). It needs no key."""
+    an answer, chosen at random, when the N values differ: the j-th of N questions (0: asked first)
+    has N - j values left, so ``mean_j 1 / (N - j) = H_N / N`` (1, 0.75, 0.52, 0.34 for 1, 2, 4, 8
+    pairs). It needs no key."""
     return sum(1 / (pairs - j) for j in range(pairs)) / pairs
+
+
+def no_key_chances(values: torch.Tensor, asked_before: torch.Tensor, answer: int) -> tuple[float, float]:
+    """How often a model that knows the pairs' values (N,) but no key answers a question right:
+    picking one of the N values at random (a bag: ``bag``), or one of the values of the pairs not
+    yet asked (``asked_before`` (N,) bool; elimination, which shown answers allow). Values may repeat
+    across pairs, which raises both above ``1 / N`` and ``1 / (N - j)``."""
+    return float((values == answer).float().mean()), float((values[~asked_before] == answer).float().mean())
 
 
 @torch.no_grad()
@@ -119,8 +130,8 @@ def probe(name: str, seed: int) -> dict:
     for pairs in mqar_pair_counts(cfg.num_facts):
         generator = torch.Generator().manual_seed(EVAL_SEED + pairs)
         counts = {"right": 0, "another_pairs_value": 0, "a_value_not_in_the_stream": 0, "not_a_value": 0}
-        by_pair, already_asked = [0] * pairs, 0
-        right_by_place, asked_by_place = [0] * pairs, [0] * pairs
+        by_pair, already_asked, bag, elimination = [0] * pairs, 0, 0.0, 0.0
+        right_by_place, asked_by_place, elimination_by_place = [0] * pairs, [0] * pairs, [0.0] * pairs
         for _ in range(BATCHES):
             batch = mqar_batch(BATCH_SIZE, cfg.seq_len, pairs, generator, task, cfg.mqar_show_answers)
             logits, written, read = written_inputs(model, batch.inputs)
@@ -131,6 +142,11 @@ def probe(name: str, seed: int) -> dict:
                 guess, answer = int(predicted[row, position]), int(batch.targets[row, position])
                 held = (values[row] == guess).nonzero().flatten().tolist()
                 asked_by_place[place[row, position]] += 1
+                keys_asked_before = batch.inputs[row, :position][batch.mask[row, :position]]
+                asked_before = torch.isin(batch.inputs[row, 0: 2 * pairs: 2], keys_asked_before)
+                chances = no_key_chances(values[row], asked_before, answer)
+                bag, elimination = bag + chances[0], elimination + chances[1]
+                elimination_by_place[place[row, position]] += chances[1]
                 if guess == answer:
                     counts["right"] += 1
                     right_by_place[place[row, position]] += 1
@@ -150,14 +166,15 @@ def probe(name: str, seed: int) -> dict:
         answers[pairs] = {"asked_beyond_segment": total, **{k: v / total for k, v in counts.items()},
                           "another_pairs_value_by_place": by_pair,
                           "another_pairs_value_already_answered": already_asked / total,
+                          "bag_chance": bag / total, "elimination_chance": elimination / total,
                           "right_by_question_place": [r / max(a, 1) for r, a in zip(right_by_place, asked_by_place)],
-                          "elimination_by_question_place": [1 / (pairs - j) for j in range(pairs)],
-                          "elimination": elimination_accuracy(pairs)}
+                          "elimination_chance_by_question_place": [e / max(a, 1) for e, a in
+                                                                   zip(elimination_by_place, asked_by_place)]}
         shares = {k: round(v, 2) for k, v in answers[pairs].items() if isinstance(v, float)}
         print(f"  {name} s{seed}, {pairs} pairs: {shares}, wrong by place {by_pair}", flush=True)
         print(f"    right by the question's place: "
               f"{[round(a, 2) for a in answers[pairs]['right_by_question_place']]} (elimination: "
-              f"{[round(a, 2) for a in answers[pairs]['elimination_by_question_place']]})", flush=True)
+              f"{[round(a, 2) for a in answers[pairs]['elimination_chance_by_question_place']]})", flush=True)
     for layer, row in enumerate(layers):
         print(f"  layer {layer + 1}: {row}", flush=True)
     with without_momentum(model, MOMENTUM_FREE_STEP_SCALE):

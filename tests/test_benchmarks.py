@@ -248,6 +248,11 @@ def test_mqar_probe_elimination_is_the_mean_of_one_over_the_values_left():
     assert probe.elimination_accuracy(1) == 1.0 and probe.elimination_accuracy(2) == 0.75
     assert abs(probe.elimination_accuracy(4) - (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4) < 1e-12
     assert abs(probe.elimination_accuracy(8) - 761 / 2240) < 1e-12          # H_8 / 8
+    import torch
+    values, none = torch.tensor([5, 6, 7, 8]), torch.zeros(4, dtype=torch.bool)
+    assert probe.no_key_chances(values, none, 6) == (0.25, 0.25)
+    assert probe.no_key_chances(values, torch.tensor([True, False, True, False]), 6) == (0.25, 0.5)
+    assert probe.no_key_chances(torch.tensor([5, 5, 7, 8]), none, 5) == (0.5, 0.5)    # a value held twice
 
 
 def test_mqar_probe_interventions_change_only_what_they_name_and_undo_themselves():
