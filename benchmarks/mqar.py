@@ -81,8 +81,8 @@ VARIANTS = {
                            + ["--min-facts", "4", "--memory-conv-size", "4", "--dim", "64", "--steps", "3000",
                               "--compile"],
     # every variant above answers about as a model that knows no key would by elimination: a value
-    # already shown as an answer is not the next answer (1, 0.75, 0.52, 0.34 with 1, 2, 4, 8 pairs;
-    # benchmarks/mqar_probe.py). Streams that do not show the answers take that way away
+    # already shown as an answer is not the next answer (about 1, 0.75, 0.52, 0.34 with 1, 2, 4, 8
+    # pairs; benchmarks/mqar_probe.py). Streams that do not show the answers take that way away
     "full_attention-hidden": TASK + ["--no-mqar-show-answers", "--model", "full_attention", "--dim", "64",
                                      "--steps", "1500"],
     "mac_no_memory-hidden": TASK + ["--no-mqar-show-answers", "--model", "mac_no_memory", "--dim", "64",
@@ -111,8 +111,8 @@ CONTINUED = {
     "mac-matrices-many-3000-then6000": ("mac-matrices-many-3000", dict(steps=6000)),
     # with every weight written, 0.42 with four pairs at 6,000 and rising: 3,000 steps more
     "mac-many-3000-then9000": ("mac-many-3000-then6000", dict(steps=9000)),
-    # with the answers hidden, above what a bag of values scores (1 / N) with 2, 4 and 8 pairs at step
-    # 3,000 and still rising: the first runs whose answers need the keys
+    # with the answers hidden, at what a bag of values scores at step 3,000 (above it with 8 pairs) and
+    # still rising: 3,000 steps more, twice
     "mac-many-hidden-3000-then6000": ("mac-many-hidden-3000", dict(steps=6000)),
     "mac-many-hidden-3000-then9000": ("mac-many-hidden-3000-then6000", dict(steps=9000)),
 }

@@ -12,7 +12,7 @@ stream's questions (0: asked first), beside what two models that know the stream
 key would score on the same questions (:func:`no_key_chances`): a value of the pairs at random
 (a bag), and a value of the pairs not yet asked at random (elimination, which the answers the
 stream shows after its questions allow: ``1 / (N - j)`` at the j-th of N questions when the values
-differ, :func:`elimination_accuracy`). Then, per layer, the memory's rates where the pairs
+differ, ``H_N / N`` on average). Then, per layer, the memory's rates where the pairs
 are written and elsewhere (the step size ``theta_t`` at the pairs' value and key tokens and at
 every later token; the momentum ``eta_t``; the forgetting ``alpha_t``) and the cosine between the
 keys ``k_t`` written at the value tokens of two different pairs (1: the memory cannot tell them
@@ -105,19 +105,12 @@ def read_with_initial(model: torch.nn.Module, parts: tuple[int, ...]) -> context
     return memories_with(model, "read", make)
 
 
-def elimination_accuracy(pairs: int) -> float:
-    """The accuracy of answering every question with a value of the stream's pairs not yet shown as
-    an answer, chosen at random, when the N values differ: the j-th of N questions (0: asked first)
-    has N - j values left, so ``mean_j 1 / (N - j) = H_N / N`` (1, 0.75, 0.52, 0.34 for 1, 2, 4, 8
-    pairs). It needs no key."""
-    return sum(1 / (pairs - j) for j in range(pairs)) / pairs
-
-
 def no_key_chances(values: torch.Tensor, asked_before: torch.Tensor, answer: int) -> tuple[float, float]:
     """How often a model that knows the pairs' values (N,) but no key answers a question right:
     picking one of the N values at random (a bag: ``bag``), or one of the values of the pairs not
-    yet asked (``asked_before`` (N,) bool; elimination, which shown answers allow). Values may repeat
-    across pairs, which raises both above ``1 / N`` and ``1 / (N - j)``."""
+    yet asked (``asked_before`` (N,) bool; elimination, which shown answers allow). With N different
+    values these are ``1 / N`` and ``1 / (N - j)`` at the j-th question; values may repeat across
+    pairs, which raises both."""
     return float((values == answer).float().mean()), float((values[~asked_before] == answer).float().mean())
 
 

@@ -35,9 +35,9 @@ its value (which the stream then shows, as in Zoology)::
 Shown answers leave a way around the keys: a value already shown as an answer is not the answer
 to a later question, so answering with a value of the pairs not yet shown, picked at random, gets
 the j-th of N questions right with chance ``1 / (N - j)``: on average ``H_N / N`` (0.75, 0.52, 0.34
-with 2, 4, 8 pairs) without ever matching a key. ``show_answers=False`` leaves filler after each
-question instead (the target is still the value): then a model that does not match keys is at
-``1 / N``.
+with 2, 4, 8 pairs, when their values differ) without ever matching a key. ``show_answers=False``
+leaves filler after each question instead (the target is still the value): then a model that does
+not match keys is at ``1 / N`` (a little more where two pairs share a value).
 
 Only the answers count (``mask``, ``N`` per row). The key is the only cue to its value: a pair
 is one token to the next, so the binding is the copy an induction head makes.

@@ -238,17 +238,23 @@ def test_memory_alone_holds_orthogonal_pairs_and_momentum_blends_them():
     assert alone.cell(memory, 4, 0.5, 0.95, 0.03)["accuracy"] < 0.7
 
 
-def test_mqar_probe_elimination_is_the_mean_of_one_over_the_values_left():
-    """Answering with a value not yet shown, at random: question j of N is right with chance 1 / (N - j)."""
+def test_mqar_probe_no_key_chances_are_a_bag_and_elimination():
+    """A value of the pairs at random: 1 / N; one not yet asked: 1 / (N - j) at question j, H_N / N on
+    average over a stream whose values differ; a value held twice counts twice."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import mqar_probe as probe
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    assert probe.elimination_accuracy(1) == 1.0 and probe.elimination_accuracy(2) == 0.75
-    assert abs(probe.elimination_accuracy(4) - (1 / 4 + 1 / 3 + 1 / 2 + 1) / 4) < 1e-12
-    assert abs(probe.elimination_accuracy(8) - 761 / 2240) < 1e-12          # H_8 / 8
     import torch
+    for pairs, mean in ((1, 1.0), (2, 0.75), (4, 25 / 48), (8, 761 / 2240)):   # H_N / N
+        values, asked = torch.arange(pairs) + 40, torch.zeros(pairs, dtype=torch.bool)
+        chances = []
+        for j in torch.randperm(pairs, generator=torch.Generator().manual_seed(pairs)).tolist():  # asked order
+            chances.append(probe.no_key_chances(values, asked, int(values[j])))
+            asked[j] = True
+        assert all(bag == 1 / pairs for bag, _ in chances)
+        assert abs(sum(left for _, left in chances) / pairs - mean) < 1e-6
     values, none = torch.tensor([5, 6, 7, 8]), torch.zeros(4, dtype=torch.bool)
     assert probe.no_key_chances(values, none, 6) == (0.25, 0.25)
     assert probe.no_key_chances(values, torch.tensor([True, False, True, False]), 6) == (0.25, 0.5)
