@@ -93,6 +93,24 @@ VARIANTS = {
     "mac-many-hidden-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
                             + ["--no-mqar-show-answers", "--min-facts", "4", "--dim", "64", "--steps", "3000",
                                "--compile"],
+    # the neural memory alone, its projections trained on these streams (benchmarks/mqar_memory_trained.py),
+    # learns every pair count to 1.00 in under 1,000 steps with a convolution of 2 and none without one:
+    # the same convolution in MAC, at the memory-alone runs' two step caps
+    "mac-many-hidden-conv2-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                                  + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-conv-size", "2",
+                                     "--dim", "64", "--steps", "3000", "--compile"],
+    "mac-many-hidden-conv2-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+                                        + set_flags(MAC, memory_max_lr="0.1")
+                                        + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-conv-size",
+                                           "2", "--dim", "64", "--steps", "3000", "--compile"],
+    # both reach the bag by step 1,500 and no further, while the memory alone is at 1.00 by step 500: in MAC
+    # the memory writes the attention output y (eq. 24), not the token. The same run with the memory
+    # writing the layer's input x, as titans-pytorch does (--memory-input input)
+    "mac-many-hidden-conv2-lr0.1-input-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+                                              + set_flags(MAC, memory_max_lr="0.1")
+                                              + ["--no-mqar-show-answers", "--min-facts", "4",
+                                                 "--memory-conv-size", "2", "--memory-input", "input",
+                                                 "--dim", "64", "--steps", "3000", "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

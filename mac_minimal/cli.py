@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from mac_minimal.carried_state import EPISODE_DISTANCES
 from mac_minimal.checkpoint import CheckpointError
+from mac_minimal.mac_attention import MEMORY_INPUTS
 from mac_minimal.runtime import DeviceUnavailableError
 from mac_minimal.task_data import DataError
 from mac_minimal.train import NonFiniteLossError, train
@@ -144,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--memory-scale-init", type=float_or_none, default=d.memory_scale_init,
                    help="MAC: a learned scalar on the memory term of eq. 25, initialised to this; "
                         "none: no scale, o = y + M(y)")
+    g.add_argument("--memory-input", choices=MEMORY_INPUTS, default=d.memory_input,
+                   help="MAC: what the memory writes and eq. 25 reads: output, the attention output y "
+                        "(the paper's eq. 24); input, the layer's input x (as titans-pytorch)")
     g.add_argument("--memory-write-norm", action=argparse.BooleanOptionalAction, default=d.memory_write_norm,
                    help="MAC memory: a write moves the layer norm's gain and bias too (the default); "
                         "--no-memory-write-norm: only the matrices W1, W2, which a key selects")

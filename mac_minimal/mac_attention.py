@@ -40,9 +40,11 @@ from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMe
 from mac_minimal.persistent import PersistentKV, PersistentMemoryConfig, causal_mask_with_prefix
 from mac_minimal.rotary import apply_rotary
 
-__all__ = ["COMBINES", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention", "mac_mask"]
+__all__ = ["COMBINES", "MEMORY_INPUTS", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention",
+           "mac_mask"]
 
 COMBINES = ("sum", "gate", "mlp")
+MEMORY_INPUTS = ("output", "input")
 
 
 @dataclass
@@ -57,6 +59,12 @@ class MACAttentionConfig(PersistentMemoryConfig):
     memory_scale_init: None combines ``y`` with ``m = M*_t(y)`` as eq. (25) writes it; a number
         adds a learned scalar ``s`` (initialised to it) and combines ``y`` with ``s * m``. Default
         0.0: MAC starts as if ``o = y`` and learns how much of the memory term to use (chapter 8).
+    memory_input: what the memory writes and eq. (25) reads. ``"output"`` (default, the paper):
+        eq. (24) writes the attention output y and eq. (25) reads ``M_t(y_t)``. ``"input"``: the
+        layer's input x, ``M_t = M_{t-1}(x_t)`` and ``m_t = M_t(x_t)``, as the public implementation
+        (titans-pytorch) writes its memory, the residual stream before attention; eq. (21) is the
+        same in both. An ablation (chapter 8, MQAR): x holds the token itself, y only what attention
+        took from the segment.
     memory: the neural memory (chapter 4's :class:`NeuralMemoryConfig`, whose defaults are MAC's:
         chunks of 8 tokens, step size capped at 0.03); its ``dim`` is left None (the layer's
         width); its ``chunk_size`` (eq. 16) is independent of ``segment_len``.
@@ -66,6 +74,7 @@ class MACAttentionConfig(PersistentMemoryConfig):
     combine: str = "sum"
     use_memory: bool = True
     memory_scale_init: float | None = 0.0
+    memory_input: str = "output"
     memory: NeuralMemoryConfig = field(default_factory=NeuralMemoryConfig)
 
     def __post_init__(self) -> None:
@@ -73,6 +82,9 @@ class MACAttentionConfig(PersistentMemoryConfig):
         require_positive_int("MACAttentionConfig.segment_len", self.segment_len)
         if self.memory_scale_init is not None:
             require_number("MACAttentionConfig.memory_scale_init", self.memory_scale_init)
+        if self.memory_input not in MEMORY_INPUTS:
+            raise ValueError(f"MACAttentionConfig.memory_input must be one of {MEMORY_INPUTS}, "
+                             f"got {self.memory_input!r}")
         if self.combine not in COMBINES:
             raise ValueError(f"MACAttentionConfig.combine must be one of {COMBINES}, got {self.combine!r}")
         if not isinstance(self.memory, NeuralMemoryConfig):
@@ -292,7 +304,8 @@ class MACAttention(nn.Module):
             if state.recent_inputs is not None:                           # x joins eq. (21)'s conv window
                 state = state._replace(recent_inputs=moved_on(state.recent_inputs, x))
             y, state = self.attend(x, h, state)                           # (22)-(23)
-            m, memory = self.memory(y, state.memory)                      # (24), m_j = M_j(y_j)
+            written = y if self.config.memory_input == "output" else x
+            m, memory = self.memory(written, state.memory)                # (24), m_j = M_j(y_j)
             if self.memory_scale is not None:
                 m = self.memory_scale * m
             o = self.combine(y, m)                                        # (25)

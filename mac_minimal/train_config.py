@@ -51,7 +51,7 @@ class TrainConfig:
     ``memory.write_norm`` and ``memory.conv_size``. For ``mag``,
     ``mal`` and ``swa``, ``segment_len`` is the sliding window (each token attends to itself and the
     ``segment_len - 1`` before it, as many recent tokens as MAC's segment holds), the memory fields are
-    theirs, and ``memory_scale_init`` is unused.
+    theirs, and ``memory_scale_init`` and ``memory_input`` are unused.
     """
 
     model: str = "mac"
@@ -77,6 +77,7 @@ class TrainConfig:
     memory_write_norm: bool = _MAC.memory.write_norm
     memory_conv_size: int = _MAC.memory.conv_size
     memory_scale_init: float | None = _MAC.memory_scale_init
+    memory_input: str = _MAC.memory_input
     seq_len: int = 128
     batch_size: int = 8
     steps: int = 200
@@ -213,7 +214,8 @@ def _memory(cfg: TrainConfig) -> NeuralMemoryConfig:
 def _mac(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MACConfig:
     return MACConfig(vocab_size=vocab_size, dim=dim, depth=cfg.depth, heads=cfg.heads,
                      segment_len=cfg.segment_len, num_persistent=cfg.num_persistent,
-                     use_memory=use_memory, memory_scale_init=cfg.memory_scale_init, memory=_memory(cfg))
+                     use_memory=use_memory, memory_scale_init=cfg.memory_scale_init,
+                     memory_input=cfg.memory_input, memory=_memory(cfg))
 
 
 def _mag(cfg: TrainConfig, vocab_size: int, dim: int, use_memory: bool) -> MAGConfig:

@@ -292,3 +292,32 @@ def test_mqar_probe_interventions_change_only_what_they_name_and_undo_themselves
         with probe.read_with_initial(model, ()):
             assert torch.equal(memory.read(y, written), kept)
         assert torch.equal(memory.read(y, written), kept)
+
+
+def test_mqar_memory_trained_model_is_causal_and_the_script_records_its_curve(tmp_path):
+    """mqar_memory_trained's embedding -> memory -> read-out model: changing later tokens leaves the
+    earlier logits unchanged (with its short convolution too); a run of a few steps writes every
+    variant's curve, the last evaluation at the last step."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mqar_memory_trained as trained
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import torch
+    torch.manual_seed(0)
+    for conv_size in (0, 2):
+        model = trained.MemoryOnly(vocab_size=40, conv_size=conv_size, max_lr=0.1)
+        tokens = torch.randint(0, 40, (2, 24))
+        changed = tokens.clone()
+        changed[:, 13:] = torch.randint(0, 40, (2, 11))
+        before, after = model(tokens)[0], model(changed)[0]
+        assert torch.allclose(before[:, :13], after[:, :13], atol=1e-6)
+        assert not torch.allclose(before[:, 13:], after[:, 13:])
+    out = tmp_path / "trained.json"
+    run("benchmarks/mqar_memory_trained.py", "--steps", "3", "--jobs", "2", "--only", "conv0-lr0.03", "conv2-lr0.1",
+        "--out", str(out))
+    recorded = json.loads(out.read_text())
+    assert [r["variant"] for r in recorded["runs"]] == ["conv0-lr0.03", "conv2-lr0.1"]
+    assert all(r["final"]["step"] == 3 and set(r["final"]["beyond_segment"]) == {"1", "2", "4", "8"}
+               for r in recorded["runs"])
+    assert recorded["runs"][1]["conv_size"] == 2 and recorded["show_answers"] is False

@@ -68,7 +68,8 @@ def reference(attn: MACAttention, x: torch.Tensor, state) -> torch.Tensor:
         weights = torch.softmax(torch.einsum("bhe,bhke->bhk", qj, keys) / math.sqrt(e), -1)
         ys.append(torch.einsum("bhk,bhke->bhe", weights, values))
     y = attn.to_out(rearrange(torch.stack(ys, 2), "b h c e -> b c (h e)"))       # (22)-(23)
-    m, _ = attn.memory.forward_sequential(y, state.memory)                       # (24), token loop: M_j(y_j)
+    written = y if cfg.memory_input == "output" else x                            # what eq. (24) writes
+    m, _ = attn.memory.forward_sequential(written, state.memory)                 # (24), token loop: M_j(y_j)
     if attn.memory_scale is not None:                                            # chapter 8's learned scale
         m = attn.memory_scale * m
     return attn.combine(y, m)                                                    # (25)
@@ -111,10 +112,10 @@ def leaks(fn, x: torch.Tensor) -> bool:
     return False
 
 
-@pytest.mark.parametrize("memory_scale_init", [None, 0.7])
+@pytest.mark.parametrize("memory_scale_init,memory_input", [(None, "output"), (0.7, "output"), (0.7, "input")])
 @pytest.mark.parametrize("combine", COMBINES)
-def test_forward_equals_written_out_reference_with_gradients(combine, memory_scale_init):
-    attn = make(combine, memory_scale_init=memory_scale_init)
+def test_forward_equals_written_out_reference_with_gradients(combine, memory_scale_init, memory_input):
+    attn = make(combine, memory_scale_init=memory_scale_init, memory_input=memory_input)
     state = written_state(attn)
     x = inputs().requires_grad_()
     out, _ = attn(x, state)
@@ -306,6 +307,22 @@ def test_memory_config_defaults_and_errors():
         MACAttentionConfig(memory={"chunk_size": 4})
     with pytest.raises(ValueError, match=r"memory_scale_init.*finite.*nan"):
         MACAttentionConfig(memory_scale_init=float("nan"))
+    with pytest.raises(ValueError, match=r"memory_input must be one of \('output', 'input'\), got 'y'"):
+        MACAttentionConfig(memory_input="y")
+
+
+def test_memory_input_chooses_what_eq_24_writes():
+    """``memory_input="input"``: the memory writes the layer's input x and eq. (25) reads M_t(x_t); the
+    attention output no longer reaches the memory term, and eq. (21)'s read is the same."""
+    x, state = inputs(), None
+    for memory_input in ("output", "input"):
+        attn = make(memory_input=memory_input)
+        state = written_state(attn)
+        _, after = attn(x, state)
+        written = x if memory_input == "input" else attn.attend(x, attn.retrieve(x, state), state)[0]
+        expected = attn.memory.write(written, state.memory)
+        for a, e in zip(after.memory_before.weights, expected.weights):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("memory_scale_init", [0.0, 1.0])

@@ -28,12 +28,13 @@ def tokens(n: int = 14, b: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("use_memory,conv_size", [(True, 0), (False, 0), (True, 3)])
-def test_causal_at_every_position(use_memory, conv_size):
+@pytest.mark.parametrize("use_memory,conv_size,memory_input",
+                         [(True, 0, "output"), (False, 0, "output"), (True, 3, "output"), (True, 3, "input")])
+def test_causal_at_every_position(use_memory, conv_size, memory_input):
     """Positions 0..12 cover: inside a segment, segment boundaries (3|4, 7|8, 11|12), three segments
     back, and a last segment that is not full (n = 14, segment_len = 4); also with the memory's
-    convolution, whose window crosses segment edges."""
-    model = make(use_memory, conv_size=conv_size)
+    convolution, whose window crosses segment edges, and with the memory writing the layer's input."""
+    model = make(use_memory, conv_size=conv_size, memory_input=memory_input)
     t = tokens()
     logits, _ = model(t)
     gen = torch.Generator().manual_seed(2)
@@ -59,10 +60,11 @@ def test_memory_carries_segment_one_to_segment_three(combine):
     torch.testing.assert_close(a[:, C:], b[:, C:], rtol=0, atol=0)      # segments 2, 3: untouched
 
 
-@pytest.mark.parametrize("use_memory,conv_size", [(True, 0), (False, 0), (True, 3)])
+@pytest.mark.parametrize("use_memory,conv_size,memory_input",
+                         [(True, 0, "output"), (False, 0, "output"), (True, 3, "output"), (True, 3, "input")])
 @pytest.mark.parametrize("cuts", [list(range(15)), [0, 3, 4, 5, 11, 14], [0, 7, 14], [0, 1, 9, 14]])
-def test_streaming_equals_one_call(use_memory, conv_size, cuts):
-    model = make(use_memory, conv_size=conv_size)
+def test_streaming_equals_one_call(use_memory, conv_size, memory_input, cuts):
+    model = make(use_memory, conv_size=conv_size, memory_input=memory_input)
     t = tokens()
     whole, end = model(t)
     state, pieces = None, []

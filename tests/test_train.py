@@ -225,6 +225,11 @@ def test_memory_flags_reach_the_mac_config(capsys):
     with pytest.raises(SystemExit):
         parse_args(TINY + ["--memory-conv-size", "-2"])
     assert "--memory-conv-size must be an int >= 0, got -2" in capsys.readouterr().err
+    assert model_config(parse_args(TINY), 64).memory_input == "output"
+    assert model_config(parse_args(TINY + ["--memory-input", "input"]), 64).memory_input == "input"
+    with pytest.raises(SystemExit):
+        parse_args(TINY + ["--memory-input", "x"])
+    assert "--memory-input: invalid choice: 'x'" in capsys.readouterr().err
 
 
 def test_a_mac_with_a_memory_convolution_trains_and_resumes(tmp_path):
