@@ -47,23 +47,24 @@ def accuracy_beyond_segment(model: torch.nn.Module, seq_len: int, pairs: int, ta
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), help="run folders under runs/mqar")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), help="run folders under --runs-dir")
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "mqar"))
+    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), help="stream lengths")
     parser.add_argument("--out", default=str(RESULTS / "mqar" / "capacity.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     start, models = time.perf_counter(), {}
     for name in args.runs:
-        model, cfg, step = load_recall_run(ROOT / "runs" / "mqar" / name)
+        model, cfg, step = load_recall_run(Path(args.runs_dir) / name)
         cells = [{"seq_len": n, "pairs": p, "beyond_segment": accuracy_beyond_segment(model, n, p, cfg.recall_task)}
-                 for n in LENGTHS for p in PAIRS if n >= mqar_min_length(p)]
+                 for n in args.lengths for p in PAIRS if n >= mqar_min_length(p)]
         models[name] = {"model": cfg.model, "step": step, "trained_on": {"seq_len": cfg.seq_len,
                         "pairs": [cfg.min_facts, cfg.num_facts], "show_answers": cfg.mqar_show_answers},
                         "cells": cells}
-        for n in LENGTHS:
+        for n in args.lengths:
             row = {c["pairs"]: c["beyond_segment"] for c in cells if c["seq_len"] == n}
             print(f"{name} {n} tokens: {row}", flush=True)
-    write_json(Path(args.out), {"command": "OMP_NUM_THREADS=1 python benchmarks/mqar_capacity.py"
-                                + (" --runs " + " ".join(args.runs) if args.runs != list(RUNS) else ""),
+    write_json(Path(args.out), {"command": "OMP_NUM_THREADS=1 python benchmarks/mqar_capacity.py",
                                 "wall_s": round(time.perf_counter() - start, 1),
                                 "environment": environment() | {"threads": 1},
                                 "streams_per_cell": BATCH * BATCHES, "segment_len": SEGMENT, "models": models})

@@ -41,14 +41,14 @@ def test_variant_scripts_list_one_trainer_command_per_variant_and_seed(script, v
 
 
 def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar_in_parallel(tmp_path):
-    run("benchmarks/gpu_record.py", "--smoke", "--only", "long_horizon", "mqar", "mqar_matrices", "--parallel", "3",
+    run("benchmarks/gpu_record.py", "--smoke", "--only", "long_horizon", "mqar", "mqar_input", "--parallel", "3",
         "--out", str(tmp_path))
     record = json.loads((tmp_path / "runs.json").read_text())
     runs = record["runs"]
     assert record["parallel"] == 3 and not record["compiled"]
     assert [(r["model"], r["task"]) for r in runs] == [("mac", "long_horizon"), ("mac", "mqar"),
                                                       ("mac_no_memory", "mqar"), ("full_attention", "mqar"),
-                                                      ("mac", "mqar_matrices")]
+                                                      ("mac", "mqar_input")]
     assert all(r["finished"] and r["steps"] == 6 and r["time_limit_reached"] is False for r in runs)
     assert all("--time-limit" in r["command"] and "--compile" not in r["command"] for r in runs)
     long = runs[0]
@@ -56,7 +56,8 @@ def test_gpu_record_smoke_runs_the_long_horizon_recipe_and_mqar_in_parallel(tmp_
     assert long["long_stream"]["stream_len"] == 16 * 32 and max(map(int, long["long_stream"]["accuracy"])) == 509
     for r in runs[1:]:
         assert set(r["final"]) == set(r["beyond_segment"]) == {"1", "2", "4"}
-    assert "--no-memory-write-norm" in runs[-1]["command"] and "--no-memory-write-norm" not in runs[1]["command"]
+    assert "--memory-input input" in runs[-1]["command"] and "--memory-input" not in runs[1]["command"]
+    assert "--no-mqar-show-answers" in runs[-1]["command"] and "--min-facts 4" in runs[-1]["command"]
 
 
 def test_gpu_profile_smoke_times_each_model(tmp_path):
@@ -321,3 +322,21 @@ def test_mqar_memory_trained_model_is_causal_and_the_script_records_its_curve(tm
     assert all(r["final"]["step"] == 3 and set(r["final"]["beyond_segment"]) == {"1", "2", "4", "8"}
                for r in recorded["runs"])
     assert recorded["runs"][1]["conv_size"] == 2 and recorded["show_answers"] is False
+
+
+def test_mqar_capacity_evaluates_a_run_on_more_pairs_and_longer_streams(tmp_path):
+    """mqar_capacity on a two-step MQAR run: a cell for every (length, pairs) whose pairs and questions
+    fit (4 N - 1 <= length), each an accuracy in [0, 1]; the run's training setting recorded."""
+    runs = tmp_path / "runs"
+    run("-m", "mac_minimal.train", "--model", "mac", "--task", "mqar", "--num-facts", "4", "--min-facts", "2",
+        "--no-mqar-show-answers", "--seq-len", "16", "--segment-len", "8", "--chunk-size", "8", "--dim", "16",
+        "--batch-size", "4", "--steps", "2", "--eval-every", "2", "--eval-batches", "1", "--device", "cpu",
+        "--no-progress", "--memory-input", "input", "--memory-conv-size", "2", "--out", str(runs / "tiny"))
+    out = tmp_path / "capacity.json"
+    run("benchmarks/mqar_capacity.py", "--runs-dir", str(runs), "--runs", "tiny", "--lengths", "16", "64",
+        "--out", str(out))
+    model = json.loads(out.read_text())["models"]["tiny"]
+    assert model["trained_on"] == {"seq_len": 16, "pairs": [2, 4], "show_answers": False}
+    assert [(c["seq_len"], c["pairs"]) for c in model["cells"]] == [(16, 1), (16, 2), (16, 4), (64, 1), (64, 2),
+                                                                   (64, 4), (64, 8), (64, 12), (64, 16)]
+    assert all(0 <= c["beyond_segment"] <= 1 for c in model["cells"])
