@@ -111,6 +111,16 @@ VARIANTS = {
                                               + ["--no-mqar-show-answers", "--min-facts", "4",
                                                  "--memory-conv-size", "2", "--memory-input", "input",
                                                  "--dim", "64", "--steps", "3000", "--compile"],
+    # it learns every count (1.00 from step 1,000, three seeds). Which of its parts are needed: the same
+    # without the convolution (a key token and its value are then two writes), and at MAC's step cap
+    "mac-many-hidden-input-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+                                        + set_flags(MAC, memory_max_lr="0.1")
+                                        + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-input", "input",
+                                           "--dim", "64", "--steps", "3000", "--compile"],
+    "mac-many-hidden-conv2-input-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+                                        + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-conv-size", "2",
+                                           "--memory-input", "input", "--dim", "64", "--steps", "3000",
+                                           "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)
