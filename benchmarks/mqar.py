@@ -31,53 +31,57 @@ RUNS = ROOT / "runs" / "mqar"
 TASK = ["--task", "mqar", "--num-facts", "8", "--num-values", "32", "--seq-len", "64", "--segment-len", "8",
         "--chunk-size", "8", "--batch-size", "32", "--eval-every", "250", "--eval-batches", "4",
         "--lr", "1e-3", "--warmup-steps", "200", "--weight-decay", "0"]
+# TASK with the recall runs' optimiser (lr 3e-3 after 20 warmup steps, weight decay 0.1), which MAC learns with
+TASK_MAC_OPTIMISER = set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+# streams of 4 to 8 pairs only, the answers hidden: neither a bag of values nor elimination answers them
+HIDDEN_MANY = ["--no-mqar-show-answers", "--min-facts", "4"]
 MAC = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10"]
 VARIANTS = {
     "full_attention": TASK + ["--model", "full_attention", "--dim", "64", "--steps", "1500"],
-    "full_attention-lr3e-3": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+    "full_attention-lr3e-3": TASK_MAC_OPTIMISER
                              + ["--model", "full_attention", "--dim", "64", "--steps", "1500"],
     "mac_no_memory": TASK + ["--model", "mac_no_memory", "--dim", "64", "--steps", "1500"],
-    "mac": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac": TASK_MAC_OPTIMISER + MAC
            + ["--dim", "64", "--steps", "1500", "--compile"],
     # twice the steps (MAC's one-pair accuracy was still rising at 1,500, 0.20 at step 1,000)
-    "mac-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-3000": TASK_MAC_OPTIMISER + MAC
                 + ["--dim", "64", "--steps", "3000", "--compile"],
     # its wrong answers are other pairs' values, the oldest most often (momentum near 1 makes an older
     # write weigh more): the momentum capped at 0.9 weighs every write alike (stopped at step 1,750, far
     # behind mac-3000: book/results/mqar/mac-eta0.9-3000-s0.json)
-    "mac-eta0.9-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-eta0.9-3000": TASK_MAC_OPTIMISER + MAC
                        + ["--memory-max-momentum", "0.9", "--dim", "64", "--steps", "3000", "--compile"],
     # the memory alone (benchmarks/mqar_memory_alone.py) holds four pairs with orthogonal keys at 0.80
     # with momentum 0.95, at 0.99 without: a write's momentum keeps adding the first pairs' gradients
     # while the later pairs are written. No momentum, at the same step cap and at a larger one
-    "mac-momentum0-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-momentum0-3000": TASK_MAC_OPTIMISER + MAC
                           + ["--memory-max-momentum", "0", "--dim", "64", "--steps", "3000", "--compile"],
-    "mac-momentum0-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
+    "mac-momentum0-lr0.1-3000": TASK_MAC_OPTIMISER
                                 + set_flags(MAC, memory_max_lr="0.1")
                                 + ["--memory-max-momentum", "0", "--dim", "64", "--steps", "3000", "--compile"],
     # the trained mac-3000-then6000 answers a question about as well with its memory's matrices reset
     # before the read as without (benchmarks/mqar_probe.py): the read's answer comes from the layer
     # norm's gain and bias, the same for every key. Writing only the matrices takes that path away
-    "mac-matrices-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-matrices-3000": TASK_MAC_OPTIMISER + MAC
                          + ["--no-memory-write-norm", "--dim", "64", "--steps", "3000", "--compile"],
     # its queries still meet their own key no better than the other keys: the paper's short causal
     # convolution after the memory's q, k, v projections (section 4.4) lets the key written at a value
     # token hold the key token before it, so one write can be one (key, value) pair
-    "mac-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-conv4-3000": TASK_MAC_OPTIMISER + MAC
                       + ["--memory-conv-size", "4", "--dim", "64", "--steps", "3000", "--compile"],
-    "mac-matrices-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-matrices-conv4-3000": TASK_MAC_OPTIMISER + MAC
                                + ["--no-memory-write-norm", "--memory-conv-size", "4", "--dim", "64",
                                   "--steps", "3000", "--compile"],
     # neither made the query meet its own key: a bag of the stream's values answers one pair perfectly
     # and is learned first. Streams of 4 to 8 pairs only (--min-facts 4), where a bag cannot answer
-    "mac-many-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-many-3000": TASK_MAC_OPTIMISER + MAC
                      + ["--min-facts", "4", "--dim", "64", "--steps", "3000", "--compile"],
-    "mac-matrices-many-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-matrices-many-3000": TASK_MAC_OPTIMISER + MAC
                               + ["--no-memory-write-norm", "--min-facts", "4", "--dim", "64", "--steps", "3000",
                                  "--compile"],
     # on 4 to 8 pairs the matrices carry answers but the queries still meet their own key at chance:
     # both at once, the many pairs and the short convolution that can put a key and its value in one write
-    "mac-many-conv4-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-many-conv4-3000": TASK_MAC_OPTIMISER + MAC
                            + ["--min-facts", "4", "--memory-conv-size", "4", "--dim", "64", "--steps", "3000",
                               "--compile"],
     # every variant above answers about as a model that knows no key would by elimination: a value
@@ -87,40 +91,32 @@ VARIANTS = {
                                      "--steps", "1500"],
     "mac_no_memory-hidden": TASK + ["--no-mqar-show-answers", "--model", "mac_no_memory", "--dim", "64",
                                     "--steps", "1500"],
-    "mac-hidden-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
+    "mac-hidden-3000": TASK_MAC_OPTIMISER + MAC
                        + ["--no-mqar-show-answers", "--dim", "64", "--steps", "3000", "--compile"],
     # and no stream of fewer than 4 pairs, where a bag of values would still answer most questions
-    "mac-many-hidden-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
-                            + ["--no-mqar-show-answers", "--min-facts", "4", "--dim", "64", "--steps", "3000",
-                               "--compile"],
+    "mac-many-hidden-3000": TASK_MAC_OPTIMISER + MAC + [*HIDDEN_MANY, "--dim", "64", "--steps", "3000", "--compile"],
     # the neural memory alone, its projections trained on these streams (benchmarks/mqar_memory_trained.py),
     # learns every pair count to 1.00 in under 1,000 steps with a convolution of 2 and none without one:
     # the same convolution in MAC, at the memory-alone runs' two step caps
-    "mac-many-hidden-conv2-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
-                                  + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-conv-size", "2",
-                                     "--dim", "64", "--steps", "3000", "--compile"],
-    "mac-many-hidden-conv2-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
-                                        + set_flags(MAC, memory_max_lr="0.1")
-                                        + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-conv-size",
-                                           "2", "--dim", "64", "--steps", "3000", "--compile"],
+    "mac-many-hidden-conv2-3000": TASK_MAC_OPTIMISER + MAC + [*HIDDEN_MANY, "--memory-conv-size", "2", "--dim", "64",
+                                                            "--steps", "3000", "--compile"],
+    "mac-many-hidden-conv2-lr0.1-3000": TASK_MAC_OPTIMISER + set_flags(MAC, memory_max_lr="0.1")
+                                        + [*HIDDEN_MANY, "--memory-conv-size", "2", "--dim", "64", "--steps", "3000",
+                                           "--compile"],
     # both reach the bag by step 1,500 and no further, while the memory alone is at 1.00 by step 500: in MAC
     # the memory writes the attention output y (eq. 24), not the token. The same run with the memory
     # writing the layer's input x, as titans-pytorch does (--memory-input input)
-    "mac-many-hidden-conv2-lr0.1-input-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
-                                              + set_flags(MAC, memory_max_lr="0.1")
-                                              + ["--no-mqar-show-answers", "--min-facts", "4",
-                                                 "--memory-conv-size", "2", "--memory-input", "input",
+    "mac-many-hidden-conv2-lr0.1-input-3000": TASK_MAC_OPTIMISER + set_flags(MAC, memory_max_lr="0.1")
+                                              + [*HIDDEN_MANY, "--memory-conv-size", "2", "--memory-input", "input",
                                                  "--dim", "64", "--steps", "3000", "--compile"],
     # it learns every count (1.00 from step 1,000, three seeds). Which of its parts are needed: the same
     # without the convolution (a key token and its value are then two writes), and at MAC's step cap
-    "mac-many-hidden-input-lr0.1-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
-                                        + set_flags(MAC, memory_max_lr="0.1")
-                                        + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-input", "input",
-                                           "--dim", "64", "--steps", "3000", "--compile"],
-    "mac-many-hidden-conv2-input-3000": set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1) + MAC
-                                        + ["--no-mqar-show-answers", "--min-facts", "4", "--memory-conv-size", "2",
-                                           "--memory-input", "input", "--dim", "64", "--steps", "3000",
+    "mac-many-hidden-input-lr0.1-3000": TASK_MAC_OPTIMISER + set_flags(MAC, memory_max_lr="0.1")
+                                        + [*HIDDEN_MANY, "--memory-input", "input", "--dim", "64", "--steps", "3000",
                                            "--compile"],
+    "mac-many-hidden-conv2-input-3000": TASK_MAC_OPTIMISER + MAC
+                                        + [*HIDDEN_MANY, "--memory-conv-size", "2", "--memory-input", "input",
+                                           "--dim", "64", "--steps", "3000", "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)

@@ -21,7 +21,7 @@ import torch
 
 from common import RESULTS, ROOT, environment, load_recall_run, write_json
 from mac_minimal.data import mqar_batch, mqar_min_length
-from mac_minimal.evaluation import EVAL_SEED, beyond_segment, per_token_loss_and_correct
+from mac_minimal.evaluation import EVAL_SEED, score_mqar_batch
 
 RUNS = ("mac-many-hidden-conv2-lr0.1-input-3000-s0", "mac-many-hidden-conv2-lr0.1-input-3000-s1",
         "mac-many-hidden-conv2-lr0.1-input-3000-s2", "mac-many-hidden-conv2-lr0.1-3000-s0",
@@ -36,13 +36,9 @@ def accuracy_beyond_segment(model: torch.nn.Module, seq_len: int, pairs: int, ta
     """Fraction of the answers asked beyond their pair's segment that ``model`` gets right, over
     ``BATCHES`` fixed batches of hidden-answer streams."""
     generator = torch.Generator().manual_seed(EVAL_SEED + 1000 * seq_len + pairs)
-    hits = count = 0.0
-    for _ in range(BATCHES):
-        batch = mqar_batch(BATCH, seq_len, pairs, generator, task, show_answers=False)
-        _, correct = per_token_loss_and_correct(model, batch, torch.device("cpu"))
-        far = beyond_segment(batch, pairs, SEGMENT)
-        hits, count = hits + float(correct[far].sum()), count + float(far.sum())
-    return round(hits / count, 4)
+    scores = [score_mqar_batch(model, mqar_batch(BATCH, seq_len, pairs, generator, task, show_answers=False),
+                               pairs, SEGMENT, torch.device("cpu")) for _ in range(BATCHES)]
+    return round(sum(s.right_beyond for s in scores) / sum(s.answers_beyond for s in scores), 4)
 
 
 def main() -> None:

@@ -21,9 +21,10 @@ Writes ``book/results/mqar/memory_trained.json``: per variant the evaluation cur
 """
 
 import argparse
+import sys
 import time
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +93,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", default=str(RESULTS / "mqar" / "memory_trained.json"))
     args = parser.parse_args()
-    command = "OMP_NUM_THREADS=1 python benchmarks/mqar_memory_trained.py " + " ".join(
-        f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
+    command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/mqar_memory_trained.py", *sys.argv[1:]])
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(train, args.only, [args.steps] * len(args.only)))
     write_json(Path(args.out),

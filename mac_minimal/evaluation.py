@@ -9,7 +9,7 @@ accuracy against the number of pairs (:func:`evaluate_mqar`), or validation bits
 """
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,8 @@ from mac_minimal.task_data import TaskData
 from mac_minimal.train_config import TrainConfig
 
 __all__ = ["EVAL_SEED", "per_token_loss_and_correct", "compute_loss", "loss_and_state", "default_eval_distances",
-           "evaluate_recall", "mqar_pair_counts", "beyond_segment", "evaluate_mqar", "evaluate_lm", "evaluate"]
+           "evaluate_recall", "mqar_pair_counts", "beyond_segment", "MQARScores", "score_mqar_batch", "evaluate_mqar",
+           "evaluate_lm", "evaluate"]
 
 EVAL_SEED = 2**31 - 1  # the recall evaluation batches: the same for every model, seed and run
 
@@ -100,6 +101,28 @@ def beyond_segment(batch: Batch, num_pairs: int, segment_len: int) -> Tensor:
     return batch.mask & ((2 * pair + 1) // segment_len < positions // segment_len)
 
 
+class MQARScores(NamedTuple):
+    """One MQAR batch scored: answers right and answers, over all questions and over those beyond
+    their pair's segment; the mean loss at the answers."""
+
+    right: float
+    answers: float
+    right_beyond: float
+    answers_beyond: float
+    loss: float
+
+
+@torch.no_grad()
+def score_mqar_batch(model: nn.Module, batch: Batch, num_pairs: int, segment_len: int,
+                     device: torch.device) -> MQARScores:
+    """Score ``model`` on one :func:`~mac_minimal.data.mqar_batch` of ``num_pairs`` pairs (on the CPU)."""
+    far = beyond_segment(batch, num_pairs, segment_len).to(device)
+    batch = batch.to(device)
+    loss, correct = per_token_loss_and_correct(model, batch, device)
+    return MQARScores(float(correct[batch.mask].sum()), float(batch.mask.sum()), float(correct[far].sum()),
+                      float(far.sum()), float(loss[batch.mask].mean()))
+
+
 @torch.no_grad()
 def evaluate_mqar(model: nn.Module, seq_len: int, max_pairs: int, segment_len: int, batch_size: int,
                   num_batches: int, device: torch.device | str = "cpu", task: RecallTask = RecallTask(),
@@ -117,12 +140,10 @@ def evaluate_mqar(model: nn.Module, seq_len: int, max_pairs: int, segment_len: i
         hits, count, far_hits, far_count = 0.0, 0.0, 0.0, 0.0
         for _ in range(num_batches):
             batch = mqar_batch(batch_size, seq_len, pairs, generator, task, show_answers)
-            far = beyond_segment(batch, pairs, segment_len).to(device)
-            batch = batch.to(device)
-            loss, correct = per_token_loss_and_correct(model, batch, device)
-            hits, count = hits + float(correct[batch.mask].sum()), count + float(batch.mask.sum())
-            far_hits, far_count = far_hits + float(correct[far].sum()), far_count + float(far.sum())
-            losses.append(float(loss[batch.mask].mean()))
+            scores = score_mqar_batch(model, batch, pairs, segment_len, device)
+            hits, count = hits + scores.right, count + scores.answers
+            far_hits, far_count = far_hits + scores.right_beyond, far_count + scores.answers_beyond
+            losses.append(scores.loss)
         accuracy[pairs] = hits / count
         beyond[pairs] = far_hits / far_count if far_count else None
     model.train(was_training)

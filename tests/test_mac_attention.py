@@ -314,7 +314,7 @@ def test_memory_config_defaults_and_errors():
 def test_memory_input_chooses_what_eq_24_writes():
     """``memory_input="input"``: the memory writes the layer's input x and eq. (25) reads M_t(x_t); the
     attention output no longer reaches the memory term, and eq. (21)'s read is the same."""
-    x, state = inputs(), None
+    x = inputs()
     for memory_input in ("output", "input"):
         attn = make(memory_input=memory_input)
         state = written_state(attn)
