@@ -40,6 +40,18 @@ def gelu_derivative(a: Tensor) -> Tensor:
     return 0.5 * (1 + torch.erf(a / math.sqrt(2))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
 
 
+def apply_weights(w: Tensor, x: Tensor) -> Tensor:
+    """``W x_s`` for every row s of x: w (b, o, i), x (b, c, i) -> (b, c, o), the same numbers as ``x @ w.mT``.
+
+    Computed as ``(W x^T)^T``, so that backward forms W's gradient ``dY^T x`` directly in W's own
+    layout. Written ``x @ w.mT``, autograd hands W's gradient back transposed (a non-contiguous
+    view), and every weight-sized product and sum after it (the chunk end's ``D W + B S``, the
+    momentum, the gradients of the coefficients) pairs a transposed tensor with a contiguous one,
+    several times slower per operation on a CPU (``benchmarks/bench_weight_layout.py`` measures it).
+    """
+    return (w @ x.mT).mT
+
+
 class GradientFactors(NamedTuple):
     """Token s's gradient of eq. (12) at weights W, in factored form (every field ``(b, c, .)``).
 
@@ -67,9 +79,9 @@ def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, e
     *through* it (training needs these gradients' own gradients).
     """
     w1, w2, gain, bias = weights
-    a = k @ w1.mT                                               # (b, c, f)
+    a = apply_weights(w1, k)                                    # (b, c, f)
     z = F.gelu(a)
-    o = z @ w2.mT                                               # (b, c, d)
+    o = apply_weights(w2, z)                                    # (b, c, d)
     centered = o - o.mean(-1, keepdim=True)
     inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
     normed = centered * inv_std                                 # n_s
@@ -180,10 +192,10 @@ def dual_chunk(weights: Weights, momentum: Weights, chunk_weights: Weights, k: T
         s1, s2, s_gain, s_bias = momentum
         decay, from_momentum = coef.decay[..., None], coef.from_momentum[..., None]  # (b, c, 1)
         # W1_t q_t, with W1_t = D_t W1_prev + B_t S1_prev + sum_s C_ts da_s k_s^T
-        a = (decay * (q @ w1.mT) + from_momentum * (q @ s1.mT)
+        a = (decay * apply_weights(w1, q) + from_momentum * apply_weights(s1, q)
              + (coef.mix * (q @ k.mT)) @ grads.delta_hidden)                        # (b, c, f)
         z = F.gelu(a)
-        o = (decay * (z @ w2.mT) + from_momentum * (z @ s2.mT)
+        o = (decay * apply_weights(w2, z) + from_momentum * apply_weights(s2, z)
              + (coef.mix * (z @ grads.hidden.mT)) @ grads.delta_out)                # (b, c, d)
         gain_t = decay * gain[:, None] + from_momentum * s_gain[:, None] + coef.mix @ grads.grad_gain
         bias_t = decay * bias[:, None] + from_momentum * s_bias[:, None] + coef.mix @ grads.grad_bias

@@ -136,6 +136,12 @@ def test_timing_scripts_run_at_toy_sizes(tmp_path):
     step = json.loads((tmp_path / "step.json").read_text())
     assert step["smoke"] and set(step["settings"]["A"]["step_s"]) == {"mac", "mac_no_memory"}
     assert step["settings"]["A"]["model_config"]["memory"]["chunk_size"] == 8    # the config tree, recorded
+    run("benchmarks/bench_weight_layout.py", "--smoke", "--out", str(tmp_path / "layout.json"))
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    assert layout["gradient_layout_by_form"] == {"(W x^T)^T": dict.fromkeys(("W1", "W2", "S1", "S2"), True),
+                                                 "x @ W^T": dict.fromkeys(("W1", "W2", "S1", "S2"), False)}
+    for losses in layout["first_loss"].values():                     # the two forms: the same step
+        assert losses["mac (W x^T)^T"] == pytest.approx(losses["mac x @ W^T"], rel=1e-6)
 
 
 @pytest.mark.compile

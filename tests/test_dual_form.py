@@ -13,8 +13,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from mac_minimal.dual_form import (
+    apply_weights,
     chunk_coefficients,
     decay_matrix,
+    dual_chunk,
     gelu_derivative,
     mlp_gradient_factors,
 )
@@ -210,3 +212,29 @@ def test_no_tensor_holds_per_token_weights():
 
     assert largest_tensor(lambda: train_step(model)) < per_token / 4
     assert largest_tensor(lambda: train_step(model.forward_materialized)) >= per_token
+
+
+def test_apply_weights_is_x_times_w_transposed_and_keeps_the_gradient_in_the_weights_layout():
+    """apply_weights(W, x) equals x @ W^T (values and gradients, float64), and through a chain of dual
+    chunks every gradient of the weights and the momentum arrives contiguous, in the tensor's own
+    layout (written x @ W^T, autograd hands it back transposed: the layout the weight-sized
+    operations of backward would then pay for)."""
+    b, c, d, f = 2, 4, 3, 5
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(b, f, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    x = torch.randn(b, c, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert_same_values_and_gradients([apply_weights(w, x)], [x @ w.mT], [w, x])
+
+    model = make(chunk_size=c)
+    weights = batched_weights(model, b)
+    momentum = tuple(torch.zeros_like(t) + 0 * t for t in weights)   # in the graph, like a written state
+    layouts = []
+    for chunk in range(3):
+        for tensor in (*weights[:2], *momentum[:2]):
+            tensor.register_hook(lambda grad: layouts.append((tuple(grad.shape), grad.is_contiguous())))
+        k, v, q = (torch.randn(b, c, DIM, dtype=torch.float64, generator=gen) for _ in range(3))
+        theta, eta, alpha = (0.1 * torch.rand(b, c, dtype=torch.float64, generator=gen) for _ in range(3))
+        weights, momentum, y = dual_chunk(weights, momentum, weights, k, v, theta, eta, alpha, q, 1.0, 1e-5)
+        loss = y.square().sum() if chunk == 0 else loss + y.square().sum()
+    loss.backward()
+    assert len(layouts) == 12 and all(contiguous for _, contiguous in layouts), layouts
