@@ -43,13 +43,14 @@ def gelu_derivative(a: Tensor) -> Tensor:
 def apply_weights(w: Tensor, x: Tensor) -> Tensor:
     """``W x_s`` for every row s of x: w (b, o, i), x (b, c, i) -> (b, c, o), the same numbers as ``x @ w.mT``.
 
-    Computed as ``(W x^T)^T``, so that backward forms W's gradient ``dY^T x`` directly in W's own
-    layout. Written ``x @ w.mT``, autograd hands W's gradient back transposed (a non-contiguous
-    view), and every weight-sized product and sum after it (the chunk end's ``D W + B S``, the
-    momentum, the gradients of the coefficients) pairs a transposed tensor with a contiguous one,
-    several times slower per operation on a CPU (``benchmarks/bench_weight_layout.py`` measures it).
+    Computed as ``(W x^T)^T`` (then copied into the usual row layout, a chunk-sized copy), so that
+    backward forms W's gradient ``dY^T x`` directly in W's own layout. Written ``x @ w.mT``,
+    autograd hands W's gradient back transposed (a non-contiguous view), and every weight-sized
+    operation of backward after it (the chunk end's ``D W + B S``, the momentum, the gradients of
+    the coefficients) pairs a transposed tensor with a contiguous one, several times slower per
+    operation on a CPU (``benchmarks/bench_weight_layout.py`` measures it).
     """
-    return (w @ x.mT).mT
+    return (w @ x.mT).mT.contiguous()
 
 
 class GradientFactors(NamedTuple):
