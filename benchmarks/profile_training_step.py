@@ -10,7 +10,9 @@ Three views, CPU, float32, one thread:
   counted from the shapes (d width, f = 4 d, c chunk, segment length), forward only. Their ratio is
   a floor for the time ratio that no implementation of the exact per-token read ``M_t(q_t)`` with
   this memory can beat without changing what is computed.
-* ``top_ops``: the operators with the most self time in one MAC step (``torch.profiler``).
+* ``top_ops``: the operators with the most self time in one MAC step (``torch.profiler``), with
+  their share of the step's self time and their microseconds per call (under the profiler, which
+  adds a little to every call).
 
 Writes ``book/results/training_step_profile.json``.
 
@@ -89,7 +91,8 @@ def main() -> None:
             "memory_share_of_mac_step": seconds["memories_alone"] / seconds["mac_step"],
             "flops_per_token_and_layer": flops_per_token(cfg["dim"], cfg["chunk_size"], cfg["segment_len"]),
             "top_ops": [{"op": e.key, "shapes": str(e.input_shapes), "calls": e.count,
-                         "self_share": e.self_cpu_time_total / total} for e in top],
+                         "self_share": e.self_cpu_time_total / total,
+                         "self_us_per_call": e.self_cpu_time_total / e.count} for e in top],
         }
         r = results[key]
         print(f"{key}: MAC step {seconds['mac_step'] * 1e3:.0f} ms, memory-free {seconds['no_memory_step'] * 1e3:.0f} ms, "
