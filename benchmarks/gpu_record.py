@@ -65,6 +65,7 @@ import torch
 
 from common import (RESULTS, TITANS_SIZED_MAC, load_recall_run, mac_config, median_seconds, next_token_loss, set_flags,
                     training_step, write_json)
+from mqar import WRITES_INPUT
 from mac_minimal.compiled import compile_regions
 from mac_minimal.evaluation import evaluate_recall
 from mac_minimal.model import MACTransformer
@@ -97,8 +98,7 @@ TASKS = {   # distances in tokens: 1/2, 1, 2, 4 and ~8 segments of 32
 # MQAR with chapter 8's recipe for MAC: the memory writes the layer's input (--memory-input input) through a
 # convolution of 2, step cap 0.1, streams of 4 or more pairs with the answers hidden, the recall runs' optimiser
 TASKS["mqar_input"] = set_flags(TASKS["mqar"], lr="3e-3", warmup_steps=20, weight_decay=0.1) + [
-    "--min-facts", "4", "--no-mqar-show-answers", "--memory-input", "input", "--memory-conv-size", "2",
-    "--memory-max-lr", "0.1", "--memory-alpha-logit-init", "-10", "--memory-scale-init", "0"]
+    *WRITES_INPUT, "--memory-max-lr", "0.1", "--memory-alpha-logit-init", "-10", "--memory-scale-init", "0"]
 SMOKE = {"one_fact": dict(seq_len=32, segment_len=8, chunk_size=8, eval_distances="4,28", dim=16, batch_size=4),
          "four_facts": dict(seq_len=40, segment_len=8, chunk_size=8, eval_distances="16,24", dim=16, batch_size=4),
          "text": dict(seq_len=32, segment_len=8, chunk_size=8, max_bytes=20000, dim=16, batch_size=4),

@@ -35,6 +35,8 @@ TASK = ["--task", "mqar", "--num-facts", "8", "--num-values", "32", "--seq-len",
 TASK_MAC_OPTIMISER = set_flags(TASK, lr="3e-3", warmup_steps=20, weight_decay=0.1)
 # streams of 4 to 8 pairs only, the answers hidden: neither a bag of values nor elimination answers them
 HIDDEN_MANY = ["--no-mqar-show-answers", "--min-facts", "4"]
+# chapter 8's recipe on those streams: the memory writes the layer's input x through a convolution of 2
+WRITES_INPUT = [*HIDDEN_MANY, "--memory-conv-size", "2", "--memory-input", "input"]
 MAC = ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.03", "--memory-alpha-logit-init", "-10"]
 VARIANTS = {
     "full_attention": TASK + ["--model", "full_attention", "--dim", "64", "--steps", "1500"],
@@ -107,16 +109,14 @@ VARIANTS = {
     # the memory writes the attention output y (eq. 24), not the token. The same run with the memory
     # writing the layer's input x, as titans-pytorch does (--memory-input input)
     "mac-many-hidden-conv2-lr0.1-input-3000": TASK_MAC_OPTIMISER + set_flags(MAC, memory_max_lr="0.1")
-                                              + [*HIDDEN_MANY, "--memory-conv-size", "2", "--memory-input", "input",
-                                                 "--dim", "64", "--steps", "3000", "--compile"],
+                                              + [*WRITES_INPUT, "--dim", "64", "--steps", "3000", "--compile"],
     # it learns every count (1.00 from step 1,000, three seeds). Which of its parts are needed: the same
     # without the convolution (a key token and its value are then two writes), and at MAC's step cap
     "mac-many-hidden-input-lr0.1-3000": TASK_MAC_OPTIMISER + set_flags(MAC, memory_max_lr="0.1")
                                         + [*HIDDEN_MANY, "--memory-input", "input", "--dim", "64", "--steps", "3000",
                                            "--compile"],
     "mac-many-hidden-conv2-input-3000": TASK_MAC_OPTIMISER + MAC
-                                        + [*HIDDEN_MANY, "--memory-conv-size", "2", "--memory-input", "input",
-                                           "--dim", "64", "--steps", "3000", "--compile"],
+                                        + [*WRITES_INPUT, "--dim", "64", "--steps", "3000", "--compile"],
 }
 # continued variants: name -> (the run they resume a copy of, the flags changed); the learning rate
 # follows the longer schedule's cosine from the step reached (about half its peak at step 3,000 of 6,000)
