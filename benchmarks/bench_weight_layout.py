@@ -1,8 +1,9 @@
 """The layout of the memory's weight gradients, and what it costs an eager MAC step (CPU).
 
-The dual form (``mac_minimal.dual_form``) applies the memory's weights to a chunk of vectors,
-``W x_s`` for every row s, six times per chunk. :func:`~mac_minimal.dual_form.apply_weights` computes
-it as ``(W x^T)^T``; the obvious ``x @ W^T`` gives the same numbers, but autograd then hands back
+The dual form's read (``mac_minimal.dual_form.dual_chunk``) applies the memory's weights and momentum
+to a chunk of vectors, ``W x_s`` for every row s, four times per chunk.
+:func:`~mac_minimal.dual_form.apply_weights` computes it as ``(W x^T)^T``; the obvious ``x @ W^T``
+gives the same numbers, but autograd then hands back
 W's gradient transposed (a non-contiguous view), and every weight-sized elementwise operation of
 backward (the chunk end's ``D W + B S``, the momentum, the gradients of the scalar coefficients)
 pairs a transposed tensor with a contiguous one. Three measurements, float32, one thread:
@@ -17,7 +18,7 @@ pairs a transposed tensor with a contiguous one. Three measurements, float32, on
 
 Writes ``book/results/weight_layout.json``.
 
-    .venv/bin/python benchmarks/bench_weight_layout.py            # about 3 minutes
+    .venv/bin/python benchmarks/bench_weight_layout.py            # under a minute
     .venv/bin/python benchmarks/bench_weight_layout.py --smoke    # toy sizes, seconds; writes nothing
 """
 

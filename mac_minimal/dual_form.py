@@ -48,7 +48,8 @@ def apply_weights(w: Tensor, x: Tensor) -> Tensor:
     autograd hands W's gradient back transposed (a non-contiguous view), and every weight-sized
     operation of backward after it (the chunk end's ``D W + B S``, the momentum, the gradients of
     the coefficients) pairs a transposed tensor with a contiguous one, several times slower per
-    operation on a CPU (``benchmarks/bench_weight_layout.py`` measures it).
+    operation on a CPU (``benchmarks/bench_weight_layout.py`` measures it). :func:`dual_chunk`'s
+    read uses it; :func:`mlp_gradient_factors` keeps ``x @ w.mT`` (see there).
     """
     return (w @ x.mT).mT.contiguous()
 
@@ -80,9 +81,11 @@ def mlp_gradient_factors(weights: Weights, k: Tensor, v: Tensor, bound: float, e
     *through* it (training needs these gradients' own gradients).
     """
     w1, w2, gain, bias = weights
-    a = apply_weights(w1, k)                                    # (b, c, f)
+    # x @ w.mT, not apply_weights: with apply_weights here, torch.compile's inductor (torch 2.13, CPU)
+    # computes wrong gradients through the layer norm's backward below (tests/test_compiled.py)
+    a = k @ w1.mT                                               # (b, c, f)
     z = F.gelu(a)
-    o = apply_weights(w2, z)                                    # (b, c, d)
+    o = z @ w2.mT                                               # (b, c, d)
     centered = o - o.mean(-1, keepdim=True)
     inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
     normed = centered * inv_std                                 # n_s
