@@ -81,6 +81,31 @@ def test_inductor_matches_eager_without_breaks_or_recompiles(conv_size):
     assert sum(counters["graph_break"].values()) == breaks
 
 
+@pytest.mark.xfail(strict=True, reason="inductor (torch 2.13, CPU) differentiates this wrongly; "
+                                      "mac_minimal.dual_form.mlp_gradient_factors avoids the pattern")
+def test_inductor_layer_norm_backward_after_a_transposed_product():
+    """Why mlp_gradient_factors spells ``z @ W2^T`` and not ``apply_weights(W2, z)``: a layer norm's
+    backward written out, of a product computed as ``(W z^T)^T``, compiled by inductor, gets wrong
+    gradients (eager is right: the dual form's float64 tests). Strict: when a new torch fixes it,
+    this test fails, and the factors can use ``apply_weights`` too."""
+    gen = torch.Generator().manual_seed(0)
+    w = (0.3 * torch.randn(2, 16, 64, generator=gen)).requires_grad_()
+    z, v = torch.randn(2, 8, 64, generator=gen), torch.randn(2, 8, 16, generator=gen)
+
+    def layer_norm_backward(w: torch.Tensor) -> torch.Tensor:
+        o = (w @ z.mT).mT.contiguous()                      # z @ w.mT, computed as (W z^T)^T
+        centered = o - o.mean(-1, keepdim=True)
+        inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + 1e-5)
+        normed = centered * inv_std
+        error = normed - v                                    # the loss's gradient at the normed output
+        delta = inv_std * (error - error.mean(-1, keepdim=True) - normed * (error * normed).mean(-1, keepdim=True))
+        return delta.square().sum()
+
+    (expected,) = torch.autograd.grad(layer_norm_backward(w), w)
+    (got,) = torch.autograd.grad(torch.compile(layer_norm_backward, fullgraph=True)(w), w)
+    assert_close(got, expected, **TOLERANCE)
+
+
 def test_streaming_in_two_pieces_equals_one_eager_call():
     eager, compiled = eager_and_compiled(CONFIG, backend="aot_eager")
     x = tokens()
