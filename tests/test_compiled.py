@@ -86,7 +86,7 @@ def test_inductor_matches_eager_without_breaks_or_recompiles(conv_size):
 def test_inductor_layer_norm_backward_after_a_transposed_product():
     """Why mlp_gradient_factors spells ``z @ W2^T`` and not ``apply_weights(W2, z)``: a layer norm's
     backward written out, of a product computed as ``(W z^T)^T``, compiled by inductor, gets wrong
-    gradients (eager is right: the dual form's float64 tests). Strict: when a new torch fixes it,
+    gradients, where eager is right. Strict: when a new torch fixes it,
     this test fails, and the factors can use ``apply_weights`` too."""
     gen = torch.Generator().manual_seed(0)
     w = (0.3 * torch.randn(2, 16, 64, generator=gen)).requires_grad_()
