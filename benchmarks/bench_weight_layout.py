@@ -119,7 +119,7 @@ def main() -> None:
         "forms": {"(W x^T)^T": "mac_minimal.dual_form.apply_weights: (w @ x.mT).mT.contiguous()",
                   "x @ W^T": "x @ w.mT"},
         "smoke": args.smoke, "repeats": args.repeats, "environment": environment(),
-        "settings": {key: {k: v for k, v in s.items()} for key, s in settings.items()},
+        "settings": settings,
         "step_s_by_setting": steps, "first_loss": first_loss, "isolated_us_by_case": isolated,
         "gradient_layout_by_form": layouts, "total_seconds": time.perf_counter() - start,
     }

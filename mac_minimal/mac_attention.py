@@ -305,7 +305,7 @@ class MACAttention(nn.Module):
                 state = state._replace(recent_inputs=moved_on(state.recent_inputs, x))
             y, state = self.attend(x, h, state)                           # (22)-(23)
             written = y if self.config.memory_input == "output" else x
-            m, memory = self.memory(written, state.memory)                # (24), m_j = M_j(y_j)
+            m, memory = self.memory(written, state.memory)                # (24), m_j = M_j(y_j) (or M_j(x_j))
             if self.memory_scale is not None:
                 m = self.memory_scale * m
             o = self.combine(y, m)                                        # (25)
