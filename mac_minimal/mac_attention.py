@@ -38,7 +38,7 @@ from mac_minimal.checks import require_number, require_positive_int
 from mac_minimal.layers import FeedForward
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig, NeuralMemoryState, moved_on
 from mac_minimal.persistent import PersistentKV, PersistentMemoryConfig, causal_mask_with_prefix
-from mac_minimal.rotary import apply_rotary
+from mac_minimal.rotary import rotary_table, rotate_pairs
 
 __all__ = ["COMBINES", "MEMORY_INPUTS", "MACAttentionConfig", "MACAttentionState", "Combine", "MACAttention",
            "mac_mask"]
@@ -199,6 +199,11 @@ class MACAttention(nn.Module):
         self.to_kv = nn.Linear(d, 2 * d, bias=False)
         self.to_out = nn.Linear(d, d, bias=False)
         self.persistent = PersistentKV(config.heads, config.num_persistent, config.head_dim)
+        # cos and sin of the rotary angles at the positions inside a segment, 0 .. segment_len - 1:
+        # computed once (float64, cast at use), not learned, not saved (persistent=False)
+        cos, sin = rotary_table(config.segment_len, config.head_dim, config.rotary_base)
+        self.register_buffer("rotary_cos", cos, persistent=False)
+        self.register_buffer("rotary_sin", sin, persistent=False)
         self.memory: NeuralMemory | None = None
         self.combine: Combine | None = None
         self.memory_scale: nn.Parameter | None = None
@@ -258,13 +263,14 @@ class MACAttention(nn.Module):
         slots are prepended after rotary (no position).
         """
         cfg = self.config
-        positions = torch.arange(state.filled, state.filled + x.shape[1], device=x.device)
+        positions = slice(state.filled, state.filled + x.shape[1])
+        cos, sin = self.rotary_cos[positions], self.rotary_sin[positions]   # (c, e / 2) each
 
         def rotated_keys_values(t: Tensor) -> tuple[Tensor, Tensor]:   # (b, c, d) -> (b, H, c, e) x2
             k, v = (split_heads(u, cfg.heads) for u in self.to_kv(t).chunk(2, dim=-1))
-            return apply_rotary(k, positions, cfg.rotary_base), v
+            return rotate_pairs(k, cos, sin), v
 
-        q = apply_rotary(split_heads(self.to_q(x), cfg.heads), positions, cfg.rotary_base)
+        q = rotate_pairs(split_heads(self.to_q(x), cfg.heads), cos, sin)
         k, v = rotated_keys_values(x)
         cache = state._replace(keys=torch.cat((state.keys, k), dim=2),
                                values=torch.cat((state.values, v), dim=2))

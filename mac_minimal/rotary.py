@@ -14,6 +14,13 @@ score of a query and a key depends on their positions only through ``n - m``.
 Positions are always passed explicitly, so a segment that starts at offset ``s`` of a
 stream is rotated with positions ``s .. s+n-1`` and gives the same vectors as the same
 rows of the whole stream.
+
+A layer whose positions never pass a fixed bound (MAC: positions inside a segment) computes the
+cosines and sines once (:func:`rotary_table`) and rotates with rows of them
+(:func:`rotate_pairs`). The values are the same; what changes is what a compiler sees: with the
+angles computed inside the compiled region, ``torch.compile`` (inductor, CPU) fuses
+``base ** (-2i / head_dim)``, ``cos`` and ``sin`` into the rotation's loop and evaluates them, in
+float64, once per element of every query and key (chapter 7 measures what that costs).
 """
 
 import torch
@@ -22,7 +29,7 @@ from torch import Tensor, nn
 
 from mac_minimal.checks import require_rotary_heads
 
-__all__ = ["ROTARY_BASE", "rotary_angles", "apply_rotary", "RotaryEmbedding"]
+__all__ = ["ROTARY_BASE", "rotary_angles", "rotary_table", "rotate_pairs", "apply_rotary", "RotaryEmbedding"]
 
 ROTARY_BASE = 10000.0
 """The usual base (Su et al. 2021): pair i turns by ``base ** (-2i / head_dim)`` per position."""
@@ -38,6 +45,29 @@ def rotary_angles(positions: Tensor, head_dim: int, base: float = ROTARY_BASE) -
     return positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (n, head_dim/2)
 
 
+def rotary_table(length: int, head_dim: int, base: float = ROTARY_BASE) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` of the angles at positions ``0 .. length - 1``, each (length, head_dim / 2)
+    float64: row ``m`` is what :func:`rotate_pairs` needs to rotate position ``m``."""
+    angles = rotary_angles(torch.arange(length), head_dim, base)
+    return angles.cos(), angles.sin()
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the pairs ``(x[2i], x[2i+1])`` of x (..., n, head_dim) by the angles whose cosines
+    and sines are ``cos``, ``sin`` (n, head_dim / 2), cast to x's dtype and device; same shape out."""
+    half = (*x.shape[-2:-1], x.shape[-1] // 2)
+    if x.dim() < 2 or x.shape[-1] % 2 != 0 or cos.shape != half or sin.shape != half:
+        raise ValueError("rotate_pairs needs x of shape (..., n, head_dim) with an even head_dim and cos, sin of "
+                         f"shape (n, head_dim / 2), got x {tuple(x.shape)}, cos {tuple(cos.shape)}, "
+                         f"sin {tuple(sin.shape)}")
+    cos = cos.to(device=x.device, dtype=x.dtype)
+    sin = sin.to(device=x.device, dtype=x.dtype)
+    pairs = rearrange(x, "... n (i r) -> ... n i r", r=2)           # consecutive pairs (x[2i], x[2i+1])
+    x_even, x_odd = pairs[..., 0], pairs[..., 1]                     # (..., n, head_dim/2) each
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    return rearrange(rotated, "... n i r -> ... n (i r)")
+
+
 def apply_rotary(x: Tensor, positions: Tensor, base: float = ROTARY_BASE) -> Tensor:
     """Rotate ``x`` of shape (..., n, head_dim) at positions (n,); same shape out.
 
@@ -47,13 +77,8 @@ def apply_rotary(x: Tensor, positions: Tensor, base: float = ROTARY_BASE) -> Ten
     if x.dim() < 2 or x.shape[-1] % 2 != 0 or positions.shape != x.shape[-2:-1]:
         raise ValueError("rotary needs x of shape (..., n, head_dim) with an even head_dim and positions "
                          f"of shape (n,), got x {tuple(x.shape)} and positions {tuple(positions.shape)}")
-    angles = rotary_angles(positions, x.shape[-1], base)
-    cos = angles.cos().to(device=x.device, dtype=x.dtype)            # (n, head_dim/2)
-    sin = angles.sin().to(device=x.device, dtype=x.dtype)
-    pairs = rearrange(x, "... n (i r) -> ... n i r", r=2)           # consecutive pairs (x[2i], x[2i+1])
-    x_even, x_odd = pairs[..., 0], pairs[..., 1]                     # (..., n, head_dim/2) each
-    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
-    return rearrange(rotated, "... n i r -> ... n (i r)")
+    angles = rotary_angles(positions, x.shape[-1], base)             # (n, head_dim/2)
+    return rotate_pairs(x, angles.cos(), angles.sin())
 
 
 class RotaryEmbedding(nn.Module):

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mac_minimal.rotary import RotaryEmbedding, apply_rotary, rotary_angles
+from mac_minimal.mac_attention import MACAttention, MACAttentionConfig
+from mac_minimal.rotary import RotaryEmbedding, apply_rotary, rotary_angles, rotary_table, rotate_pairs
 
 DT = torch.float64
 
@@ -92,6 +93,26 @@ def test_module_equals_function_and_keeps_dtype():
     assert rotary_angles(pos, 8).shape == (4, 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_of_the_table_rotate_exactly_as_the_positions_do(dtype):
+    """rotate_pairs with rows start .. start + n - 1 of rotary_table is apply_rotary at those
+    positions, bit for bit (the same float64 angles, cast the same way)."""
+    x = torch.randn(2, 3, 5, 8, dtype=dtype)
+    cos, sin = rotary_table(12, 8, base=500.0)
+    assert cos.shape == sin.shape == (12, 4) and cos.dtype == torch.float64
+    assert torch.equal(rotate_pairs(x, cos[4:9], sin[4:9]), apply_rotary(x, torch.arange(4, 9), base=500.0))
+
+
+def test_mac_rotates_with_its_segment_table_and_does_not_save_it():
+    """MAC's table covers the positions inside a segment, in the layer's base; it is a buffer that
+    follows the module (device, dtype) but stays out of the state_dict, so checkpoints are unchanged."""
+    layer = MACAttention(MACAttentionConfig(dim=16, heads=2, num_persistent=2, segment_len=6, rotary_base=300.0))
+    cos, sin = rotary_table(6, 8, base=300.0)
+    assert torch.equal(layer.rotary_cos, cos) and torch.equal(layer.rotary_sin, sin)
+    assert not any("rotary" in key for key in layer.state_dict())
+    assert {name for name, _ in layer.named_buffers()} == {"rotary_cos", "rotary_sin"}
+
+
 def test_clear_errors():
     """Each message says what rotary needs and what it was given."""
     with pytest.raises(ValueError, match=r"even.*dim=7"):
@@ -108,3 +129,8 @@ def test_clear_errors():
         apply_rotary(torch.randn(2, 4, 8), torch.arange(4)[None])
     with pytest.raises(ValueError, match=r"\(\.\.\., n, head_dim\).*\(8,\)"):
         apply_rotary(torch.randn(8), torch.arange(1))
+    cos, sin = rotary_table(4, 8)
+    with pytest.raises(ValueError, match=r"cos, sin of shape \(n, head_dim / 2\).*\(2, 3, 8\).*\(4, 4\)"):
+        rotate_pairs(torch.randn(2, 3, 8), cos, sin)
+    with pytest.raises(ValueError, match=r"even head_dim.*\(2, 4, 7\)"):
+        rotate_pairs(torch.randn(2, 4, 7), cos, sin)
