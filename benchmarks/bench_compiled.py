@@ -37,6 +37,7 @@ import os
 import pathlib
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -69,13 +70,16 @@ def build_model(config: dict) -> MACTransformer:
     return recompute_writes(model) if recompute else model
 
 
-def build_step(config: dict, seq_len: int, batch: int, compiled: bool, backend: str = "inductor", seed: int = 0):
+def build_step(config: dict, seq_len: int, batch: int, compiled: bool, backend: str = "inductor", seed: int = 0,
+               prepare: Callable[[MACTransformer], MACTransformer] | None = None):
     """A training step (no arguments) of a fresh :func:`build_model` on random tokens (b, n + 1),
-    compiled by :func:`compile_regions` with ``backend`` if ``compiled``. The same seed gives the same weights and
-    tokens eager or compiled. Module-level, so :func:`common.step_memory_bytes` can build it in a
-    fresh process."""
+    changed by ``prepare`` if given, then compiled by :func:`compile_regions` with ``backend`` if
+    ``compiled``. The same seed gives the same weights and tokens eager or compiled. Module-level, so
+    :func:`common.step_memory_bytes` can build it in a fresh process."""
     torch.manual_seed(seed)
     model = build_model(config)
+    if prepare is not None:
+        model = prepare(model)
     if compiled:
         compile_regions(model, backend=backend)
     tokens = torch.randint(0, config["vocab_size"], (batch, seq_len + 1),

@@ -7,7 +7,9 @@ CPU thread each, so they share the machine's load; the wall time of each is the 
 time of the compiled run (and the first step of the eager one), from an empty inductor cache.
 
 Writes ``book/results/compiled_recall_run.json``: per run the command, the wall time, the first
-step's time, the training tokens/s, and the accuracy curve, so the two curves can be compared.
+step's time, the training tokens/s, the seconds of the training loop (the ``end`` record: after the
+start-up and the first evaluation), the seconds spent evaluating (every ``eval`` record's
+``eval_s``), and the accuracy curve, so the two curves can be compared.
 
     python benchmarks/compiled_recall_run.py              # about 10 minutes on two free cores
 """
@@ -39,7 +41,8 @@ def run(steps: int, compiled: bool, seed: int) -> dict:
     first_step_s = train[0]["elapsed_s"] - (train[1]["elapsed_s"] - train[0]["elapsed_s"])  # less one record's time
     result = {"compiled": compiled, "command": " ".join(cmd), "wall_s": round(wall, 1),
               "first_record_s": round(train[0]["elapsed_s"], 1), "compile_s_estimate": round(first_step_s, 1),
-              "tokens_per_s": end["tokens_per_s"],
+              "tokens_per_s": end["tokens_per_s"], "loop_s": round(end["wall_s"], 1),
+              "evaluation_s": round(sum(m["eval_s"] for m in metrics if m["event"] == "eval"), 1),
               "curve": [(m["step"], m["accuracy"]) for m in metrics if m["event"] == "eval"]}
     print(f"{'compiled' if compiled else 'eager'}: {wall:.0f} s", flush=True)
     return result

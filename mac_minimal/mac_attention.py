@@ -263,8 +263,7 @@ class MACAttention(nn.Module):
         slots are prepended after rotary (no position).
         """
         cfg = self.config
-        positions = slice(state.filled, state.filled + x.shape[1])
-        cos, sin = self.rotary_cos[positions], self.rotary_sin[positions]   # (c, e / 2) each
+        cos, sin = self.rotary(state.filled, x.shape[1])
 
         def rotated_keys_values(t: Tensor) -> tuple[Tensor, Tensor]:   # (b, c, d) -> (b, H, c, e) x2
             k, v = (split_heads(u, cfg.heads) for u in self.to_kv(t).chunk(2, dim=-1))
@@ -281,6 +280,11 @@ class MACAttention(nn.Module):
         all_k, all_v = self.persistent.prepend(torch.cat((cache.retrieved_keys, cache.keys), dim=2),
                                                torch.cat((cache.retrieved_values, cache.values), dim=2))
         return q, all_k, all_v, cache
+
+    def rotary(self, start: int, n: int) -> tuple[Tensor, Tensor]:
+        """cos and sin (n, e / 2) of the rotary angles at positions ``start .. start + n - 1`` of the
+        segment: rows of the layer's table, computed once (chapter 7 shows why not in each call)."""
+        return self.rotary_cos[start:start + n], self.rotary_sin[start:start + n]
 
     def mask(self, n_queries: int, filled: int, device: torch.device | str | None = None) -> Tensor:
         """This layer's :func:`mac_mask` (no ``h`` block without memory)."""

@@ -29,7 +29,10 @@ Every training choice, briefly:
 * **``--compile``** (off by default): :func:`~mac_minimal.compiled.compile_regions` compiles every
   attention layer (MAC: one call per segment) with ``torch.compile``, in place, so the first steps
   pay for compiling a few graphs and the later ones run fused kernels; parameter names, and so
-  checkpoints, are the same with or without it (a run may be resumed either way).
+  checkpoints, are the same with or without it (a run may be resumed either way). Evaluation runs
+  eagerly (``torch.compiler.set_stance("force_eager")``): under ``torch.no_grad()`` it would need
+  graphs of its own, and at chapter 8's sizes compiling them costs more than it saves (chapter 7
+  measures both).
 * **``--time-limit S``** (off by default): stop once ``S`` seconds of wall time have passed
   (compiling and evaluations included), with an evaluation, a checkpoint and the ``end`` record
   (``time_limit_reached``) as after the last step; the learning rate's schedule stays that of
@@ -52,8 +55,9 @@ Every training choice, briefly:
 
 Outputs in ``--out`` (default ``runs/MODEL-TASK``): ``checkpoint.pt`` and ``metrics.jsonl``, one
 JSON object per line (``event`` = start / train / eval / nonfinite / end), read by
-:func:`~mac_minimal.metrics.read_metrics`; the ``end`` record holds the run's training throughput
-(tokens/s, evaluation excluded) and peak memory. The flags, exit statuses and error messages are
+:func:`~mac_minimal.metrics.read_metrics`; an ``eval`` record holds the scores and the seconds the
+evaluation took (``eval_s``), the ``end`` record the run's training throughput (tokens/s,
+evaluation excluded) and peak memory. The flags, exit statuses and error messages are
 :mod:`~mac_minimal.cli`'s; the batches come from :mod:`~mac_minimal.task_data`, the loss and the
 scores from :mod:`~mac_minimal.evaluation`.
 """
@@ -216,8 +220,10 @@ def evaluate_and_save(run: Run, step: int) -> dict[str, Any]:
     if not run.runtime.is_main:
         return {}
     cfg = run.cfg
-    result = evaluate(run.model, cfg, run.data, run.runtime.device)
-    write_metrics(cfg.metrics_path, {"event": "eval", "step": step, **result})
+    tick = time.perf_counter()
+    with torch.compiler.set_stance("force_eager"):   # with --compile too: see the module's docstring
+        result = evaluate(run.model, cfg, run.data, run.runtime.device)
+    write_metrics(cfg.metrics_path, {"event": "eval", "step": step, "eval_s": time.perf_counter() - tick, **result})
     save_checkpoint(cfg.checkpoint_path, checkpoint_contents(step, cfg, run.config, run.model, run.optimizer,
                                                              run.scheduler, rng))
     summary = result.get("bpb", result.get("mean_accuracy"))

@@ -163,8 +163,9 @@ def test_compile_regions_refuses_what_it_cannot_compile():
 
 
 def test_trainer_compile_flag_trains_and_writes_an_eager_checkpoint(tmp_path, monkeypatch):
-    """``--compile`` compiles the trainer's model (here with aot_eager, for time); its checkpoint has
-    the eager model's keys and loads into one."""
+    """``--compile`` compiles the trainer's model (here with aot_eager, for time): one graph, for
+    training; evaluation runs eagerly and adds none. Its checkpoint has the eager model's keys and
+    loads into one."""
     cfg = parse_args(["--model", "mac", "--task", "recall", "--num-facts", "1", "--seq-len", "24", "--segment-len", "8",
                       "--chunk-size", "8", "--dim", "16", "--batch-size", "4", "--steps", "2", "--eval-every", "2",
                       "--eval-distances", "4,12,20", "--device", "cpu", "--no-progress", "--compile",
@@ -177,8 +178,10 @@ def test_trainer_compile_flag_trains_and_writes_an_eager_checkpoint(tmp_path, mo
         return model
 
     monkeypatch.setattr(mac_minimal.train, "compile_regions", compile_with_aot_eager)
+    before = graphs()
     mac_minimal.train.train(cfg)
     assert len(compiled_models) == 1 and compiled_regions(compiled_models[0]) == cfg.depth
+    assert graphs() - before == 1
     payload = torch.load(cfg.checkpoint_path, map_location="cpu", weights_only=True)
     eager, _ = build_model(cfg, cfg.recall_task.vocab_size)
     assert list(payload["model"]) == list(eager.state_dict())
