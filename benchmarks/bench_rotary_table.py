@@ -13,7 +13,8 @@ one thread:
 * ``step_s``: median seconds of a compiled training step (forward, loss, backward, AdamW,
   zero_grad), the two jobs interleaved (:func:`common.median_seconds`);
 * ``first_step_s``: the first step of each, which compiles its graphs (the inductor cache is
-  emptied at the start, so both compile from nothing);
+  emptied at the start; the second job finds the first one's identical kernels built, so the
+  two are not a comparison of compile times);
 * ``first_loss``: the two compute the same step.
 
 Writes ``book/results/rotary_table.json``.
@@ -79,7 +80,8 @@ def main() -> None:
         "what": __doc__.split("\n\n")[0],
         "step_s": "median seconds of a compiled training step over repeats, the two jobs interleaved, after "
                   "the first step; keys: setting, then 'table' (the package) or 'angles in each call'",
-        "first_step_s": "seconds of the first step (compiling from an empty inductor cache, then the step)",
+        "first_step_s": "seconds of the first step (compiling, then the step); the inductor cache is empty for the "
+                        "first job of the script, the second finds the kernels the two share already built",
         "smoke": args.smoke, "repeats": args.repeats, "backend": backend, "environment": environment(),
         "settings": settings, "step_s_by_setting": steps, "first_step_s_by_setting": first_step,
         "first_loss": first_loss, "total_seconds": time.perf_counter() - start,

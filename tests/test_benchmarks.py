@@ -142,6 +142,10 @@ def test_timing_scripts_run_at_toy_sizes(tmp_path):
                                                  "x @ W^T": dict.fromkeys(("W1", "W2", "S1", "S2"), False)}
     for losses in layout["first_loss"].values():                     # the two forms: the same step
         assert losses["mac (W x^T)^T"] == pytest.approx(losses["mac x @ W^T"], rel=1e-6)
+    run("benchmarks/profile_training_step.py", "--smoke", "--out", str(tmp_path / "profile.json"))
+    compiled = json.loads((tmp_path / "profile.json").read_text())["settings"]["A"]["compiled"]
+    assert sum(compiled["self_share_by_kind"].values()) == pytest.approx(1.0)
+    assert compiled["matrix_product_calls_per_step"] > 0 and compiled["step_s"] > 0
     run("benchmarks/bench_rotary_table.py", "--smoke", "--out", str(tmp_path / "rotary.json"))
     rotary = json.loads((tmp_path / "rotary.json").read_text())
     for losses in rotary["first_loss"].values():                     # table or angles in each call: the same step
