@@ -31,8 +31,8 @@ Every training choice, briefly:
   pay for compiling a few graphs and the later ones run fused kernels; parameter names, and so
   checkpoints, are the same with or without it (a run may be resumed either way). Evaluation runs
   eagerly (``torch.compiler.set_stance("force_eager")``): under ``torch.no_grad()`` it would need
-  graphs of its own, and at chapter 8's sizes compiling them costs more than it saves (chapter 7
-  measures both).
+  graphs of its own, one more compile at the start of every run, for work done only every
+  ``eval_every`` steps (chapter 7 records what the evaluations of a run cost eagerly).
 * **``--time-limit S``** (off by default): stop once ``S`` seconds of wall time have passed
   (compiling and evaluations included), with an evaluation, a checkpoint and the ``end`` record
   (``time_limit_reached``) as after the last step; the learning rate's schedule stays that of
