@@ -146,6 +146,10 @@ def test_timing_scripts_run_at_toy_sizes(tmp_path):
     compiled = json.loads((tmp_path / "profile.json").read_text())["settings"]["A"]["compiled"]
     assert sum(compiled["self_share_by_kind"].values()) == pytest.approx(1.0)
     assert compiled["matrix_product_calls_per_step"] > 0 and compiled["step_s"] > 0
+    run("benchmarks/bench_subnormal.py", "--smoke", "--out", str(tmp_path / "subnormal.json"))
+    rows = json.loads((tmp_path / "subnormal.json").read_text())["rows"]
+    assert [r["max_lr"] for r in rows] == [0.03, 0.1] and all(set(r["step_s"]) == {"flush off", "flush on"}
+                                                              for r in rows)
     run("benchmarks/bench_rotary_table.py", "--smoke", "--out", str(tmp_path / "rotary.json"))
     rotary = json.loads((tmp_path / "rotary.json").read_text())
     for losses in rotary["first_loss"].values():                     # table or angles in each call: the same step

@@ -1,0 +1,103 @@
+"""Subnormal floats in the neural memory, and what they cost a CPU step.
+
+A float32 below ``torch.finfo(torch.float32).tiny`` (about 1.2e-38) but not zero is *subnormal*;
+x86 CPUs compute with subnormal operands far more slowly than with normal ones. The neural memory's
+write multiplies small factors together (step sizes, momentum, decays, their products over a chunk),
+and on long inputs some of its intermediates fall into that range. ``torch.set_flush_denormal(True)``
+makes the CPU treat them as zero (flush-to-zero), which changes only those values.
+
+For the memory alone (:class:`~mac_minimal.neural_memory.NeuralMemory`, forward and backward of
+``y.square().mean()``, batch 2, as ``bench_titans.py`` times it), this script records, float32, one
+thread:
+
+* ``subnormal_results``: how many float32 values that the operations of one forward and backward
+  produce are subnormal (counted with a ``TorchDispatchMode``, flush off);
+* ``step_s``: median seconds with flush-to-zero off (the default) and on, the two interleaved
+  (:func:`common.median_seconds`);
+* the same at the memory's old step-size cap (``max_lr=0.1``) for one size.
+
+Writes ``book/results/subnormal.json``.
+
+    .venv/bin/python benchmarks/bench_subnormal.py            # about 2 minutes
+    .venv/bin/python benchmarks/bench_subnormal.py --smoke    # toy sizes, seconds; writes nothing
+"""
+
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from common import RESULTS, environment, median_seconds, parse_benchmark_args, save_results
+from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig
+
+OUT = RESULTS / "subnormal.json"
+SIZES = [dict(dim=128, chunk_size=64, n=1024), dict(dim=128, chunk_size=64, n=2048),
+         dict(dim=128, chunk_size=64, n=4096), dict(dim=128, chunk_size=16, n=2048),
+         dict(dim=64, chunk_size=64, n=4096), dict(dim=128, chunk_size=64, n=2048, max_lr=0.1)]
+SMOKE_SIZES = [dict(dim=16, chunk_size=8, n=32), dict(dim=16, chunk_size=8, n=32, max_lr=0.1)]
+
+
+class CountSubnormals(TorchDispatchMode):
+    """Counts the subnormal float32 values in the results of every operation run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                self.values += int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
+        return out
+
+
+def memory_step(dim: int, chunk_size: int, n: int, max_lr: float | None = None):
+    """Forward and backward of a fresh memory (seed 0) on random input (2, n, dim)."""
+    torch.manual_seed(0)
+    cap = {} if max_lr is None else {"max_lr": max_lr}
+    memory = NeuralMemory(NeuralMemoryConfig(dim=dim, chunk_size=chunk_size, **cap))
+    x = torch.randn(2, n, dim, requires_grad=True)
+
+    def step() -> None:
+        y, _ = memory(x)
+        y.square().mean().backward()
+    return step
+
+
+def with_flush(flush: bool, job):
+    """``job`` run with flush-to-zero set to ``flush`` (off again after)."""
+    def run() -> None:
+        torch.set_flush_denormal(flush)
+        try:
+            job()
+        finally:
+            torch.set_flush_denormal(False)
+    return run
+
+
+def main() -> None:
+    args = parse_benchmark_args(__doc__, OUT, repeats=5, what="timed steps per job")
+    if not torch.set_flush_denormal(False):
+        raise SystemExit("this CPU cannot flush subnormals to zero (torch.set_flush_denormal)")
+    start = time.perf_counter()
+    rows = []
+    for size in SMOKE_SIZES if args.smoke else SIZES:
+        step = memory_step(**size)
+        counter = CountSubnormals()
+        with counter:
+            step()
+        seconds = median_seconds({"flush off": with_flush(False, step), "flush on": with_flush(True, step)},
+                                 args.repeats)
+        rows.append({**size, "max_lr": size.get("max_lr", NeuralMemoryConfig().max_lr),
+                     "subnormal_results": counter.values, "step_s": seconds})
+        print(size, f"{counter.values:,} subnormal results;",
+              ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in seconds.items()), flush=True)
+    payload = {"what": __doc__.split("\n\n")[0], "call": "y, _ = memory(x); y.square().mean().backward(), batch 2",
+               "smoke": args.smoke, "repeats": args.repeats, "environment": environment(), "rows": rows,
+               "total_seconds": time.perf_counter() - start}
+    save_results(payload, args.out, OUT, args.smoke)
+
+
+if __name__ == "__main__":
+    main()
