@@ -14,6 +14,8 @@ thread:
   produce are subnormal (counted with a ``TorchDispatchMode``, flush off);
 * ``step_s``: median seconds with flush-to-zero off (the default) and on, the two interleaved
   (:func:`common.median_seconds`);
+* ``largest_weight``: the largest ``|W1|`` and ``|W2|`` entry of the memory's fast weights at the
+  start (``M_0``) and after the input, to see whether the weights decay into that range;
 * the same at the memory's old step-size cap (``max_lr=0.1``) for one size.
 
 Writes ``book/results/subnormal.json``.
@@ -53,7 +55,8 @@ class CountSubnormals(TorchDispatchMode):
 
 
 def memory_step(dim: int, chunk_size: int, n: int, max_lr: float | None = None):
-    """Forward and backward of a fresh memory (seed 0) on random input (2, n, dim)."""
+    """Forward and backward of a fresh memory (seed 0) on random input (2, n, dim), and the
+    largest fast-weight entries at the start and after the input."""
     torch.manual_seed(0)
     cap = {} if max_lr is None else {"max_lr": max_lr}
     memory = NeuralMemory(NeuralMemoryConfig(dim=dim, chunk_size=chunk_size, **cap))
@@ -62,7 +65,12 @@ def memory_step(dim: int, chunk_size: int, n: int, max_lr: float | None = None):
     def step() -> None:
         y, _ = memory(x)
         y.square().mean().backward()
-    return step
+
+    with torch.no_grad():
+        _, state = memory(x)
+    largest = {"start": {"W1": memory.init_w1.abs().max().item(), "W2": memory.init_w2.abs().max().item()},
+               "after": {"W1": state.weights[0].abs().max().item(), "W2": state.weights[1].abs().max().item()}}
+    return step, largest
 
 
 def with_flush(flush: bool, job):
@@ -83,15 +91,15 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     for size in SMOKE_SIZES if args.smoke else SIZES:
-        step = memory_step(**size)
+        step, largest = memory_step(**size)
         counter = CountSubnormals()
         with counter:
             step()
         seconds = median_seconds({"flush off": with_flush(False, step), "flush on": with_flush(True, step)},
                                  args.repeats)
         rows.append({**size, "max_lr": size.get("max_lr", NeuralMemoryConfig().max_lr),
-                     "subnormal_results": counter.values, "step_s": seconds})
-        print(size, f"{counter.values:,} subnormal results;",
+                     "subnormal_results": counter.values, "step_s": seconds, "largest_weight": largest})
+        print(size, f"{counter.values:,} subnormal results; largest W1 after {largest['after']['W1']:.1e};",
               ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in seconds.items()), flush=True)
     payload = {"what": __doc__.split("\n\n")[0], "call": "y, _ = memory(x); y.square().mean().backward(), batch 2",
                "smoke": args.smoke, "repeats": args.repeats, "environment": environment(), "rows": rows,
