@@ -28,6 +28,7 @@ import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from common import RESULTS, environment, median_seconds, parse_benchmark_args, save_results
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig
@@ -48,7 +49,7 @@ class CountSubnormals(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
+        for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
                 self.values += int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
         return out

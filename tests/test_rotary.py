@@ -104,8 +104,8 @@ def test_rows_of_the_table_rotate_exactly_as_the_positions_do(dtype):
 
 
 def test_mac_rotates_with_its_segment_table_and_does_not_save_it():
-    """MAC's table covers the positions inside a segment, in the layer's base; it is a buffer that
-    follows the module (device, dtype) but stays out of the state_dict, so checkpoints are unchanged."""
+    """MAC's table covers the positions inside a segment, in the layer's base; it is a buffer (it
+    moves with the module) kept out of the state_dict, so checkpoints are unchanged."""
     layer = MACAttention(MACAttentionConfig(dim=16, heads=2, num_persistent=2, segment_len=6, rotary_base=300.0))
     cos, sin = rotary_table(6, 8, base=300.0)
     assert torch.equal(layer.rotary_cos, cos) and torch.equal(layer.rotary_sin, sin)
