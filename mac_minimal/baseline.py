@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mac_minimal.attention import causal_attention, merge_heads, split_heads
 from mac_minimal.checks import require_int, require_positive_int, require_rotary_heads, require_tokens
 from mac_minimal.layers import FeedForward
-from mac_minimal.rotary import ROTARY_BASE, apply_rotary
+from mac_minimal.rotary import ROTARY_BASE, rotary_table, rotate_pairs
 
 __all__ = ["FullAttentionConfig", "FullAttentionTransformer"]
 
@@ -80,12 +80,15 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(config.dim)
         self.mlp = FeedForward(config.dim, config.hidden)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rotation: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (b, n, d); ``rotation``: the cos and sin (n, e / 2) of the rotary angles at positions
+        0 .. n - 1 (:func:`~mac_minimal.rotary.rotary_table`), required with rotary positions."""
         qkv = self.to_qkv(self.norm_attn(x))                               # (b, n, 3d)
         q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))   # (b, h, n, e) each
         if self.rotary:
-            positions = torch.arange(x.shape[1], device=x.device)
-            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+            if rotation is None:
+                raise ValueError("a block with rotary positions needs rotation=(cos, sin), each (n, head_dim / 2)")
+            q, k = rotate_pairs(q, *rotation), rotate_pairs(k, *rotation)
         x = x + self.to_out(merge_heads(causal_attention(q, k, v)))
         return x + self.mlp(self.norm_mlp(x))
 
@@ -117,8 +120,12 @@ class FullAttentionTransformer(nn.Module):
             raise ValueError(f"learned positions cover n <= max_seq_len={self.config.max_seq_len}, "
                              f"got n={tokens.shape[1]}")
         x = self.embed(tokens)                                             # (b, n, d)
+        rotation = None
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(tokens.shape[1], device=tokens.device))
+        else:   # the rotary table once per call, outside the blocks (which torch.compile may compile)
+            rotation = tuple(t.to(device=x.device, dtype=x.dtype)
+                             for t in rotary_table(tokens.shape[1], self.config.dim // self.config.heads))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rotation)
         return self.head(self.norm(x)), None                               # (b, n, vocab)

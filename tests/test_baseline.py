@@ -70,3 +70,35 @@ def test_bad_input_is_rejected():
         model(torch.zeros(1, 9, dtype=torch.int64))
     with pytest.raises(ValueError, match="state must be None"):
         model(torch.zeros(1, 4, dtype=torch.int64), state=torch.zeros(1))
+
+
+def test_rotary_table_gives_the_same_rotation_as_angles_at_each_position():
+    """The model rotates q and k with one table per call (outside the blocks, so a compiled block
+    sees it as an input): the same numbers, bit for bit, as apply_rotary at positions 0 .. n - 1."""
+    from mac_minimal import baseline
+    from mac_minimal.attention import causal_attention, split_heads
+    from mac_minimal.rotary import apply_rotary
+    torch.manual_seed(0)
+    model = FullAttentionTransformer(FullAttentionConfig(vocab_size=11, dim=16, heads=2, depth=1))
+    tokens = torch.randint(0, 11, (2, 9))
+    seen = {}
+    model.blocks[0].to_qkv.register_forward_hook(lambda module, args, out: seen.setdefault("qkv", out))
+    rotated = {}
+
+    def spy(q, k, v):
+        rotated["q"], rotated["k"] = q, k
+        return causal_attention(q, k, v)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(baseline, "causal_attention", spy)
+        model(tokens)
+    q, k, _ = (split_heads(t, 2) for t in seen["qkv"].chunk(3, dim=-1))
+    positions = torch.arange(9)
+    assert torch.equal(rotated["q"], apply_rotary(q, positions))
+    assert torch.equal(rotated["k"], apply_rotary(k, positions))
+
+
+def test_a_rotary_block_without_its_table_is_rejected():
+    model = FullAttentionTransformer(FullAttentionConfig(vocab_size=11, dim=16, heads=2, depth=1))
+    with pytest.raises(ValueError, match=r"rotation=\(cos, sin\)"):
+        model.blocks[0](torch.zeros(1, 3, 16))
