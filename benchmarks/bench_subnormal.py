@@ -16,22 +16,31 @@ thread:
   (:func:`common.median_seconds`);
 * ``largest_weight``: the largest ``|W1|`` and ``|W2|`` entry of the memory's fast weights at the
   start (``M_0``) and after the input, to see whether the weights decay into that range;
-* the same at the memory's old step-size cap (``max_lr=0.1``) for one size.
+* the same at the memory's old step-size cap (``max_lr=0.1``) for one size;
+* with ``--trained RUN``, the same counts and times for a trained one-fact recall model (the
+  checkpoint a trainer run left in ``RUN``): one training step of its own setting, and the
+  evaluation's forward on streams 1, 4 and 16 times its training length (chapter 8's horizon).
 
 Writes ``book/results/subnormal.json``.
 
-    .venv/bin/python benchmarks/bench_subnormal.py            # about 2 minutes
+    .venv/bin/python benchmarks/compiled_recall_run.py        # once: trains runs/compiled_recall_run/
+    .venv/bin/python benchmarks/bench_subnormal.py --trained runs/compiled_recall_run/eager-s0  # ~3 min
     .venv/bin/python benchmarks/bench_subnormal.py --smoke    # toy sizes, seconds; writes nothing
 """
 
+import pathlib
 import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from common import RESULTS, environment, median_seconds, parse_benchmark_args, save_results
+from common import (RESULTS, environment, load_recall_run, median_seconds, parse_benchmark_args, save_results,
+                    with_flush)
+from mac_minimal.data import recall_batch
+from mac_minimal.evaluation import loss_and_state, per_token_loss_and_correct
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig
+from mac_minimal.task_data import make_batch, prepare_data
 
 OUT = RESULTS / "subnormal.json"
 SIZES = [dict(dim=128, chunk_size=64, n=1024), dict(dim=128, chunk_size=64, n=2048),
@@ -74,37 +83,67 @@ def memory_step(dim: int, chunk_size: int, n: int, max_lr: float | None = None):
     return step, largest
 
 
-def with_flush(flush: bool, job):
-    """``job`` run with flush-to-zero set to ``flush`` (off again after)."""
-    def run() -> None:
-        torch.set_flush_denormal(flush)
-        try:
-            job()
-        finally:
-            torch.set_flush_denormal(False)
-    return run
+def count_and_time(step, repeats: int) -> dict:
+    """Subnormal results of one call of ``step`` (flush off) and its median seconds, flush off and on."""
+    counter = CountSubnormals()
+    with counter:
+        step()
+    seconds = median_seconds({"flush off": with_flush(False, step), "flush on": with_flush(True, step)}, repeats)
+    return {"subnormal_results": counter.values, "step_s": seconds}
+
+
+def trained_model_rows(run: pathlib.Path, repeats: int) -> list[dict]:
+    """The one-fact recall model a trainer run left in ``run``: one training step (forward and
+    backward of a training batch of its own setting) and the evaluation's forward on 32 streams of
+    1, 4 and 16 times its training length, the fact in the middle."""
+    model, cfg, step = load_recall_run(run)
+    batch = make_batch(cfg, prepare_data(cfg), torch.Generator().manual_seed(0))
+
+    def train_step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_and_state(model, batch, torch.device("cpu"))[0].backward()
+
+    model.train()
+    rows = [{"call": "training step", "n": cfg.seq_len, "batch": cfg.batch_size, **count_and_time(train_step, repeats)}]
+    model.eval()
+    for times in (1, 4, 16):
+        n = times * cfg.seq_len
+        stream = recall_batch(32, n, n // 2, cfg.num_facts, torch.Generator().manual_seed(0), cfg.recall_task)
+
+        @torch.no_grad()
+        def read() -> None:
+            per_token_loss_and_correct(model, stream, torch.device("cpu"))
+
+        rows.append({"call": "evaluation forward", "n": n, "batch": 32, **count_and_time(read, repeats)})
+    for row in rows:
+        print(f"trained model, {row['call']}, n={row['n']}: {row['subnormal_results']:,} subnormal results;",
+              ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in row["step_s"].items()), flush=True)
+    return rows
 
 
 def main() -> None:
-    args = parse_benchmark_args(__doc__, OUT, repeats=5, what="timed steps per job")
+    args = parse_benchmark_args(
+        __doc__, OUT, repeats=5, what="timed steps per job",
+        add_arguments=lambda parser: parser.add_argument(
+            "--trained", type=pathlib.Path, default=None, metavar="RUN",
+            help="also measure the recall model a trainer run left in RUN/checkpoint.pt"))
     if not torch.set_flush_denormal(False):
         raise SystemExit("this CPU cannot flush subnormals to zero (torch.set_flush_denormal)")
     start = time.perf_counter()
     rows = []
     for size in SMOKE_SIZES if args.smoke else SIZES:
         step, largest = memory_step(**size)
-        counter = CountSubnormals()
-        with counter:
-            step()
-        seconds = median_seconds({"flush off": with_flush(False, step), "flush on": with_flush(True, step)},
-                                 args.repeats)
         rows.append({**size, "max_lr": size.get("max_lr", NeuralMemoryConfig().max_lr),
-                     "subnormal_results": counter.values, "step_s": seconds, "largest_weight": largest})
-        print(size, f"{counter.values:,} subnormal results; largest W1 after {largest['after']['W1']:.1e};",
-              ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in seconds.items()), flush=True)
+                     **count_and_time(step, args.repeats), "largest_weight": largest})
+        print(size, f"{rows[-1]['subnormal_results']:,} subnormal results; largest W1 after "
+              f"{largest['after']['W1']:.1e};", ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in rows[-1]["step_s"].items()),
+              flush=True)
     payload = {"what": __doc__.split("\n\n")[0], "call": "y, _ = memory(x); y.square().mean().backward(), batch 2",
-               "smoke": args.smoke, "repeats": args.repeats, "environment": environment(), "rows": rows,
-               "total_seconds": time.perf_counter() - start}
+               "smoke": args.smoke, "repeats": args.repeats, "environment": environment(), "rows": rows}
+    if args.trained is not None:
+        payload["trained_model"] = {"run": str(args.trained), "step": load_recall_run(args.trained)[2],
+                                    "rows": trained_model_rows(args.trained, args.repeats)}
+    payload["total_seconds"] = time.perf_counter() - start
     save_results(payload, args.out, OUT, args.smoke)
 
 

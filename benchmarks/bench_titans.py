@@ -12,7 +12,9 @@ Measured, float32 on one CPU thread, batch 2:
   ``NeuralMemory(NeuralMemoryConfig(dim, chunk_size))`` (MLP 2 layers, expansion 4). Theirs:
   ``titans_pytorch.NeuralMemory(dim, chunk_size, model=MemoryMLP(dim, depth=2, expansion_factor=4))``,
   the rest at its defaults (learned per-token step size, chunk-level momentum and decay). Not the
-  same computation: ours reads ``y_t = M_t(q_t)`` with the memory after every token <= t; theirs
+  same computation: ours reads ``y_t = M_t(q_t)`` with the memory after every token <= t and takes
+  each chunk's gradients at the weights the chunks before it left (eq. 16), chunk after chunk;
+  theirs takes every chunk's gradients at the weights the call began with, all chunks at once, and
   reads per chunk, the weights left by the last complete chunk. dim 64 and 128, chunk 16 and 64,
   n = 256 ... 4096.
 * ``model``: a training step (forward, next-token cross-entropy, backward, AdamW step, zero_grad)
@@ -21,7 +23,8 @@ Measured, float32 on one CPU thread, batch 2:
   segment 64, memory chunk 16, n = 512, 1024, 2048.
 
 Time: median over ``--repeats`` after a warm-up call, ours and theirs taking turns in every
-repeat. Memory: resident-set growth during one call after a warm-up call, each in a fresh
+repeat, each with the CPU's flush-to-zero off (``step_s``, PyTorch's default) and on
+(``step_s_flush_to_zero``: subnormal floats treated as zero, see ``bench_subnormal.py``). Memory: resident-set growth during one call after a warm-up call, each in a fresh
 process (:func:`common.step_memory_bytes`). Writes ``book/results/titans_comparison.json``.
 
     python3 benchmarks/bench_titans.py            # full sizes (sets up .venv-titans if missing)
@@ -82,7 +85,7 @@ from titans_pytorch import MemoryAsContextTransformer, MemoryMLP  # noqa: E402
 from titans_pytorch import NeuralMemory as TitansNeuralMemory  # noqa: E402
 
 from common import (RESULTS, environment, mac_config, median_seconds, next_token_loss, step_memory_bytes,  # noqa: E402
-                    training_step, save_results, parse_benchmark_args, TITANS_SIZED_MAC)
+                    training_step, save_results, parse_benchmark_args, with_flush, TITANS_SIZED_MAC)
 from mac_minimal.layers import num_parameters  # noqa: E402
 from mac_minimal.model import MACTransformer  # noqa: E402
 from mac_minimal.neural_memory import NeuralMemory, NeuralMemoryConfig  # noqa: E402
@@ -107,6 +110,15 @@ TITANS_MODEL = dict(num_tokens=256, dim=64, depth=2, heads=4, dim_head=16, segme
 MODEL_LENGTHS = [512, 1024, 2048]
 SMOKE_MODEL_LENGTHS = [128]
 MAX_PARAMETER_GAP = 0.15
+
+
+def both_flush_settings(jobs: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of every job with the CPU's flush-to-zero off (``step_s``, PyTorch's default)
+    and on (``step_s_flush_to_zero``), all four interleaved."""
+    settings = {"step_s": False, "step_s_flush_to_zero": True}
+    seconds = median_seconds({f"{impl} {key}": with_flush(flush, job) for impl, job in jobs.items()
+                              for key, flush in settings.items()}, repeats)
+    return {key: {impl: seconds[f"{impl} {key}"] for impl in jobs} for key in settings}
 
 
 # ---------------------------------------------------------------- neural memory alone
@@ -152,10 +164,10 @@ def measure_memory_grid(grid: dict, repeats: int) -> list[dict]:
         for chunk_size in grid["chunk_sizes"]:
             for seq_len in grid["lengths"]:
                 size = dict(dim=dim, chunk_size=chunk_size, seq_len=seq_len, batch=BATCH)
-                seconds = median_seconds({impl: build_memory_job(impl, **size) for impl in IMPLS}, repeats)
+                seconds = both_flush_settings({impl: build_memory_job(impl, **size) for impl in IMPLS}, repeats)
                 memory = {impl: step_memory_bytes(build_memory_job, impl=impl, **size) for impl in IMPLS}
-                rows.append({"dim": dim, "chunk_size": chunk_size, "n": seq_len,
-                             "step_s": seconds, "step_memory_bytes": memory})
+                rows.append({"dim": dim, "chunk_size": chunk_size, "n": seq_len, **seconds,
+                             "step_memory_bytes": memory})
                 print(f"memory d={dim:3d} c={chunk_size:2d} n={seq_len:4d}: " + _describe(rows[-1]), flush=True)
     return rows
 
@@ -193,16 +205,17 @@ def measure_models(lengths: list[int], repeats: int) -> list[dict]:
     rows = []
     for seq_len in lengths:
         size = dict(seq_len=seq_len, batch=BATCH)
-        seconds = median_seconds({impl: build_model_job(impl, **size) for impl in IMPLS}, repeats)
+        seconds = both_flush_settings({impl: build_model_job(impl, **size) for impl in IMPLS}, repeats)
         memory = {impl: step_memory_bytes(build_model_job, impl=impl, **size) for impl in IMPLS}
-        rows.append({"n": seq_len, "step_s": seconds, "step_memory_bytes": memory})
+        rows.append({"n": seq_len, **seconds, "step_memory_bytes": memory})
         print(f"model n={seq_len:4d}: " + _describe(rows[-1]), flush=True)
     return rows
 
 
 def _describe(row: dict) -> str:
     mib = {k: "?" if v is None else f"{v / 2**20:.1f}" for k, v in row["step_memory_bytes"].items()}
-    return ", ".join(f"{impl} {row['step_s'][impl] * 1e3:.1f} ms {mib[impl]} MiB" for impl in IMPLS)
+    return ", ".join(f"{impl} {row['step_s'][impl] * 1e3:.1f} ms (flush-to-zero "
+                     f"{row['step_s_flush_to_zero'][impl] * 1e3:.1f}) {mib[impl]} MiB" for impl in IMPLS)
 
 
 def main() -> None:
@@ -223,6 +236,8 @@ def main() -> None:
         "titans_pytorch": importlib.metadata.version("titans-pytorch"),
         "step_s": f"median seconds over repeats after one warm-up call, implementations interleaved, "
                   f"{torch.get_num_threads()} thread",
+        "step_s_flush_to_zero": "the same with torch.set_flush_denormal(True) (subnormal floats treated as "
+                                "zero), interleaved with step_s",
         "step_memory_bytes": "resident-set growth during one call after a warm-up call, each in a fresh "
                              "process: VmHWM after minus VmRSS before (peak reset via /proc/self/clear_refs "
                              "after gc.collect() and malloc_trim(0))",
@@ -236,10 +251,13 @@ def main() -> None:
                                "model=MemoryMLP(dim, depth=2, expansion_factor=4)), the rest at its defaults"},
             "parameters_by_dim": memory_params,
             "note": "not the same computation. Ours reads y_t = M_t(q_t), the memory after every token <= t "
-                    "(per-token weights, exact). Theirs reads chunk-level weights: a token reads the weights "
-                    "left by the last complete chunk; its step size is per token, but momentum and decay "
-                    "are per chunk (from the chunk's mean), the gradient is summed over the chunk, no "
-                    "gradient clipping, RMSNorm on the input, a residual LayerNorm around the memory MLP.",
+                    "(per-token weights, exact), and takes each chunk's gradients at the weights the chunks "
+                    "before it left (eq. 16), one chunk after another. Theirs takes the gradients of every "
+                    "chunk at the weights the call began with (all chunks at once) and reads chunk-level "
+                    "weights: a token reads the weights left by the last complete chunk; its step size is "
+                    "per token, but momentum and decay are per chunk (from the chunk's mean), the gradient "
+                    "is summed over the chunk, no gradient clipping, RMSNorm on the input, a residual "
+                    "LayerNorm around the memory MLP.",
             "rows": memory_rows},
         "model": {
             "ours": {"class": "mac_minimal.model.MACTransformer", "config": dataclasses.asdict(mac_config(**OURS_MODEL))},

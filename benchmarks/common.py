@@ -1,7 +1,8 @@
 """Shared pieces of the benchmark scripts: timing, step memory, the training step, JSON output.
 
 * :func:`median_seconds` times several jobs round-robin (every repeat runs each job once, in turn),
-  so that a busy moment of a shared machine hits all of them alike and their ratios survive.
+  so that a busy moment of a shared machine hits all of them alike and their ratios survive;
+  :func:`with_flush` runs a job with the CPU's flush-to-zero on or off.
 * :func:`step_memory_bytes` measures how far the resident set grows during one call of a job
   (one training step, say), in a fresh process, after a warm-up call. Linux only (``/proc``):
   after the warm-up, ``gc.collect()`` and glibc's ``malloc_trim(0)`` give freed heap back to the
@@ -86,6 +87,19 @@ def time_jobs(jobs: dict[str, Job], repeats: int, warmup: int = 1,
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def with_flush(flush: bool, job: Job) -> Job:
+    """``job`` run with the CPU's flush-to-zero set to ``flush`` (``torch.set_flush_denormal``: subnormal
+    floats treated as zero), and off again after; timed beside ``with_flush(not flush, job)``, the two
+    settings take turns like any two jobs of :func:`median_seconds`."""
+    def run() -> object:
+        torch.set_flush_denormal(flush)
+        try:
+            return job()
+        finally:
+            torch.set_flush_denormal(False)
+    return run
 
 
 def median_seconds(jobs: dict[str, Job], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -210,9 +224,13 @@ def save_results(payload: dict, out: pathlib.Path | None, default: pathlib.Path,
     print(f"done in {payload['total_seconds']:.0f} s")
 
 
-def parse_benchmark_args(doc: str, default_out: pathlib.Path, repeats: int, what: str) -> argparse.Namespace:
-    """The flags every timing script shares (``--repeats``, ``--smoke``, ``--out``), parsed; one torch thread."""
+def parse_benchmark_args(doc: str, default_out: pathlib.Path, repeats: int, what: str,
+                         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The flags every timing script shares (``--repeats``, ``--smoke``, ``--out``) and those
+    ``add_arguments`` adds, parsed; one torch thread."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument("--repeats", type=int, default=repeats, help=f"{what} (median; >= 5)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script runs")
     parser.add_argument("--out", type=pathlib.Path, default=None,

@@ -121,6 +121,16 @@ def test_what_memory_learned_on_a_tiny_run(tiny_mac_run, tmp_path):
     assert result["ablations"]["none"] == pytest.approx(final)        # the same evaluation as the trainer's
 
 
+def test_subnormal_counts_for_a_trained_run(tiny_mac_run, tmp_path):
+    out = tmp_path / "subnormal.json"
+    run("benchmarks/bench_subnormal.py", "--smoke", "--repeats", "1", "--trained", str(tiny_mac_run), "--out", str(out))
+    trained = json.loads(out.read_text())["trained_model"]
+    assert trained["step"] == 2
+    assert [(r["call"], r["n"]) for r in trained["rows"]] == [("training step", 24), ("evaluation forward", 24),
+                                                             ("evaluation forward", 96), ("evaluation forward", 384)]
+    assert all(r["subnormal_results"] >= 0 and set(r["step_s"]) == {"flush off", "flush on"} for r in trained["rows"])
+
+
 def test_timing_scripts_run_at_toy_sizes(tmp_path):
     """The scan, hybrid and training-step benchmarks at toy sizes: each writes its JSON, with the
     fields the book plots (nothing here is timed against a target)."""
