@@ -71,17 +71,18 @@ def build_model(config: dict) -> MACTransformer:
 
 
 def build_step(config: dict, seq_len: int, batch: int, compiled: bool, backend: str = "inductor", seed: int = 0,
-               prepare: Callable[[MACTransformer], MACTransformer] | None = None):
+               prepare: Callable[[MACTransformer], MACTransformer] | None = None, compile_kwargs: dict | None = None):
     """A training step (no arguments) of a fresh :func:`build_model` on random tokens (b, n + 1),
-    changed by ``prepare`` if given, then compiled by :func:`compile_regions` with ``backend`` if
-    ``compiled``. The same seed gives the same weights and tokens eager or compiled. Module-level, so
-    :func:`common.step_memory_bytes` can build it in a fresh process."""
+    changed by ``prepare`` if given, then compiled by :func:`compile_regions` with ``backend`` (and
+    ``compile_kwargs``, for ``torch.compile``) if ``compiled``. The same seed gives the same weights and
+    tokens eager or compiled. Module-level, so :func:`common.step_memory_bytes` can build it in a fresh
+    process."""
     torch.manual_seed(seed)
     model = build_model(config)
     if prepare is not None:
         model = prepare(model)
     if compiled:
-        compile_regions(model, backend=backend)
+        compile_regions(model, backend=backend, **(compile_kwargs or {}))
     tokens = torch.randint(0, config["vocab_size"], (batch, seq_len + 1),
                            generator=torch.Generator().manual_seed(seed))
     return training_step(model, tokens)

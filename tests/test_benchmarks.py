@@ -167,6 +167,20 @@ def test_timing_scripts_run_at_toy_sizes(tmp_path):
 
 
 @pytest.mark.compile
+def test_cpp_wrapper_benchmark_runs_at_toy_sizes(tmp_path):
+    """bench_cpp_wrapper.py at toy sizes, setting A, one round: each configuration compiled in a
+    process of its own (inductor, so about a minute and a half), the same first step in both."""
+    out = tmp_path / "cpp_wrapper.json"
+    run("benchmarks/bench_cpp_wrapper.py", "--smoke", "--settings", "A", "--rounds", "1", "--repeats", "1",
+        "--out", str(out))
+    row = json.loads(out.read_text())["settings"]["A"]
+    assert set(row["runs"]) == {"python driver", "cpp_wrapper"} and all(len(r) == 1 for r in row["runs"].values())
+    losses = [runs[0]["first_loss"] for runs in row["runs"].values()]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert row["step_ratio_cpp_over_python"] > 0
+
+
+@pytest.mark.compile
 def test_compiled_benchmark_runs_at_toy_sizes(tmp_path):
     """bench_compiled.py at toy sizes, setting A, with the aot_eager backend (dynamo and autograd's graphs
     without generated C++, so seconds instead of minutes): every job timed, counted and measured."""

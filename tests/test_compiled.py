@@ -23,7 +23,7 @@ from gradients import probe_gradients
 import mac_minimal.train
 from mac_minimal.baseline import FullAttentionConfig, FullAttentionTransformer
 from mac_minimal.cli import parse_args
-from mac_minimal.compiled import RECOMPILE_LIMIT, compile_regions, compiled_regions
+from mac_minimal.compiled import CPU_INDUCTOR_OPTIONS, RECOMPILE_LIMIT, compile_regions, compiled_regions
 from mac_minimal.model import MACConfig, MACTransformer
 from mac_minimal.neural_memory import NeuralMemoryConfig, recompute_writes
 from mac_minimal.train_config import build_model
@@ -160,6 +160,23 @@ def test_compile_regions_refuses_what_it_cannot_compile():
         compile_regions(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="fixes fullgraph"):
         compile_regions(MACTransformer(CONFIG), fullgraph=False)
+
+
+def test_a_cpu_model_gets_inductors_cpp_driver_unless_told_otherwise(monkeypatch):
+    """compile_regions passes CPU_INDUCTOR_OPTIONS to torch.compile for inductor on a CPU model; a
+    caller's mode or options, another backend, or a model elsewhere (here: the meta device) get none."""
+    calls = []
+    monkeypatch.setattr(nn.Module, "compile", lambda module, **kwargs: calls.append(kwargs))
+    on_cpu, elsewhere = MACTransformer(CONFIG), MACTransformer(CONFIG).to("meta")
+    for model, kwargs, expected in [(on_cpu, {}, {"options": CPU_INDUCTOR_OPTIONS}),
+                                    (on_cpu, {"mode": "max-autotune"}, {"mode": "max-autotune"}),
+                                    (on_cpu, {"options": {"max_autotune": True}}, {"options": {"max_autotune": True}}),
+                                    (on_cpu, {"backend": "aot_eager"}, {}),
+                                    (elsewhere, {}, {})]:
+        calls.clear()
+        compile_regions(model, **kwargs)
+        backend = kwargs.get("backend", "inductor")                # one region per block (its MACAttention)
+        assert calls == [{"backend": backend, "fullgraph": True, "dynamic": False, **expected}] * CONFIG.depth
 
 
 def test_trainer_compile_flag_trains_and_writes_an_eager_checkpoint(tmp_path, monkeypatch):
