@@ -65,7 +65,8 @@ def measure(setting: dict, cpp_wrapper: bool, repeats: int) -> dict:
 def run_child(name: str, configuration: str, repeats: int, smoke: bool) -> dict:
     """:func:`measure` in a fresh process with an empty inductor cache; its result."""
     cache = tempfile.mkdtemp(prefix="bench_cpp_wrapper_inductor_")
-    cmd = [sys.executable, __file__, "--child", name, configuration, "--repeats", str(repeats)] + (["--smoke"] if smoke else [])
+    cmd = [sys.executable, __file__, "--child", name, configuration, "--repeats", str(repeats)]
+    cmd += ["--smoke"] if smoke else []
     done = subprocess.run(cmd, check=True, capture_output=True, text=True,
                           env=os.environ | {"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": cache})
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -102,9 +103,10 @@ def main() -> None:
                       flush=True)
         median = {configuration: {field: statistics.median(r[field] for r in rs) for field in ("step_s", "compile_s")}
                   for configuration, rs in runs.items()}
+        ratio = median["cpp_wrapper"]["step_s"] / median["python driver"]["step_s"]
         results[name] = {"seq_len": setting_of(name)["seq_len"], "batch": setting_of(name)["batch"],
                          "config": setting_of(name)["config"], "runs": runs, "median": median,
-                         "step_ratio_cpp_over_python": median["cpp_wrapper"]["step_s"] / median["python driver"]["step_s"]}
+                         "step_ratio_cpp_over_python": ratio}
         print(f"{name}: cpp_wrapper / python driver, step {results[name]['step_ratio_cpp_over_python']:.3f}; compile "
               f"{median['cpp_wrapper']['compile_s']:.0f} vs {median['python driver']['compile_s']:.0f} s", flush=True)
     payload = {"what": __doc__.split("\n\n")[0],

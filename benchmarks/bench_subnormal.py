@@ -135,9 +135,9 @@ def main() -> None:
         step, largest = memory_step(**size)
         rows.append({**size, "max_lr": size.get("max_lr", NeuralMemoryConfig().max_lr),
                      **count_and_time(step, args.repeats), "largest_weight": largest})
+        times = ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in rows[-1]["step_s"].items())
         print(size, f"{rows[-1]['subnormal_results']:,} subnormal results; largest W1 after "
-              f"{largest['after']['W1']:.1e};", ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in rows[-1]["step_s"].items()),
-              flush=True)
+              f"{largest['after']['W1']:.1e};", times, flush=True)
     payload = {"what": __doc__.split("\n\n")[0], "call": "y, _ = memory(x); y.square().mean().backward(), batch 2",
                "smoke": args.smoke, "repeats": args.repeats, "environment": environment(), "rows": rows}
     if args.trained is not None:

@@ -24,8 +24,9 @@ Measured, float32 on one CPU thread, batch 2:
 
 Time: median over ``--repeats`` after a warm-up call, ours and theirs taking turns in every
 repeat, each with the CPU's flush-to-zero off (``step_s``, PyTorch's default) and on
-(``step_s_flush_to_zero``: subnormal floats treated as zero, see ``bench_subnormal.py``). Memory: resident-set growth during one call after a warm-up call, each in a fresh
-process (:func:`common.step_memory_bytes`). Writes ``book/results/titans_comparison.json``.
+(``step_s_flush_to_zero``: subnormal floats treated as zero, see ``bench_subnormal.py``).
+Memory: resident-set growth during one call after a warm-up call, each in a fresh process
+(:func:`common.step_memory_bytes`). Writes ``book/results/titans_comparison.json``.
 
     python3 benchmarks/bench_titans.py            # full sizes (sets up .venv-titans if missing)
     python3 benchmarks/bench_titans.py --smoke    # tiny sizes, to check it runs; writes nothing

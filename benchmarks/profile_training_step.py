@@ -95,7 +95,8 @@ def compiled_view(cfg: dict, tokens: torch.Tensor, repeats: int, backend: str, p
     torch._inductor.config.cpp.enable_kernel_profile = True
     torch.manual_seed(0)
     python_driver = {"options": {"cpp_wrapper": False}} if backend == "inductor" else {}
-    step = training_step(compile_regions(MACTransformer(mac_config(**cfg)), backend=backend, **python_driver), tokens)
+    model = compile_regions(MACTransformer(mac_config(**cfg)), backend=backend, **python_driver)
+    step = training_step(model, tokens)
     seconds = median_seconds({"mac_step": step}, repeats, warmup=2)["mac_step"]
     with profile() as prof:
         for _ in range(profiled_steps):

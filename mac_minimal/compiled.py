@@ -57,7 +57,7 @@ RECOMPILE_LIMIT = 64
 CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True}
 """Inductor's options for a model on the CPU: the code that calls the generated loops and the library's
 matrix products one after the other is written in C++ instead of Python (``benchmarks/bench_cpp_wrapper.py``:
-the compiled MAC step 16% faster at chapter 7's setting B, no measurable change at A, and compiling no
+16% off the compiled MAC step at chapter 7's setting B, no measurable change at A, and compiling no
 slower)."""
 
 REGIONS: tuple[type[nn.Module], ...] = (MACAttention, Block)
