@@ -6,8 +6,8 @@ its result, so every number can be reproduced by hand), on one CPU thread:
 * one fact (the recall task of ``record_training_runs.py``: 32 values, 64 tokens, segments and chunks of 8,
   batch 32, lr 3e-3; distances 4 .. 60 tokens = 0.5 .. 7.5 segments) for MAC as written, with each of
   the two trainability knobs (``--memory-scale-init 0``: a learned scale on eq. 25's memory term that
-  starts at zero; ``--memory-max-lr``: the cap of the memory's step size) and with both, and for the two
-  baselines;
+  starts at zero; ``--memory-max-lr``: the cap of the memory's step size) and with both, with both and
+  the memory writing the layer's input (``--memory-input input``), and for the two baselines;
 * four facts queried in shuffled order (80 tokens; distances 2 .. 8 segments), and byte-level text at
   width 48, for MAC with both knobs and for the baselines; on text also two attempts at closing MAC's
   gap (a step cap of 0.01; memory chunks of 8).
@@ -62,6 +62,9 @@ VARIANTS = {
     "scale0": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.1"],
     "scale0-lr0.03": ONE_FACT + TRAINABLE,
     "scale0-lr0.01": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.01"],
+    # the memory writes the layer's input x, as titans-pytorch does (chapter 8's MQAR recipe); compiled,
+    # which changes the time, not the numbers (chapter 7)
+    "scale0-lr0.03-input": ONE_FACT + TRAINABLE + ["--memory-input", "input", "--compile"],
     "mac_no_memory": ONE_FACT + ["--model", "mac_no_memory"],
     "full_attention": ONE_FACT + ["--model", "full_attention"],
     "four-scale0-lr0.03": FOUR_FACTS + TRAINABLE,
