@@ -62,8 +62,8 @@ VARIANTS = {
     "scale0": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.1"],
     "scale0-lr0.03": ONE_FACT + TRAINABLE,
     "scale0-lr0.01": ONE_FACT + ["--model", "mac", "--memory-scale-init", "0", "--memory-max-lr", "0.01"],
-    # the memory writes the layer's input x, as titans-pytorch does (chapter 8's MQAR recipe); compiled,
-    # which changes the time, not the numbers (chapter 7)
+    # the memory writes the layer's input x, as titans-pytorch and chapter 8's MQAR recipe do (here without
+    # its convolution); compiled: the same computation, equal to eager up to float32 rounding (chapter 7)
     "scale0-lr0.03-input": ONE_FACT + TRAINABLE + ["--memory-input", "input", "--compile"],
     "mac_no_memory": ONE_FACT + ["--model", "mac_no_memory"],
     "full_attention": ONE_FACT + ["--model", "full_attention"],
