@@ -83,6 +83,11 @@ def memory_step(dim: int, chunk_size: int, n: int, max_lr: float | None = None):
     return step, largest
 
 
+def described(step_s: dict[str, float]) -> str:
+    """``flush off 243 ms, flush on 244 ms`` for a row's ``step_s``."""
+    return ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in step_s.items())
+
+
 def count_and_time(step, repeats: int) -> dict:
     """Subnormal results of one call of ``step`` (flush off) and its median seconds, flush off and on."""
     counter = CountSubnormals()
@@ -92,11 +97,11 @@ def count_and_time(step, repeats: int) -> dict:
     return {"subnormal_results": counter.values, "step_s": seconds}
 
 
-def trained_model_rows(run: pathlib.Path, repeats: int) -> list[dict]:
-    """The one-fact recall model a trainer run left in ``run``: one training step (forward and
-    backward of a training batch of its own setting) and the evaluation's forward on 32 streams of
-    1, 4 and 16 times its training length, the fact in the middle."""
-    model, cfg, step = load_recall_run(run)
+def trained_model(run: pathlib.Path, repeats: int) -> dict:
+    """The one-fact recall model a trainer run left in ``run`` (and the step it was saved at): one
+    training step (forward and backward of a training batch of its own setting) and the evaluation's
+    forward on 32 streams of 1, 4 and 16 times its training length, the fact in the middle."""
+    model, cfg, saved_at = load_recall_run(run)
     batch = make_batch(cfg, prepare_data(cfg), torch.Generator().manual_seed(0))
 
     def train_step() -> None:
@@ -104,7 +109,8 @@ def trained_model_rows(run: pathlib.Path, repeats: int) -> list[dict]:
         loss_and_state(model, batch, torch.device("cpu"))[0].backward()
 
     model.train()
-    rows = [{"call": "training step", "n": cfg.seq_len, "batch": cfg.batch_size, **count_and_time(train_step, repeats)}]
+    rows = [{"call": "training step", "n": cfg.seq_len, "batch": cfg.batch_size,
+             **count_and_time(train_step, repeats)}]
     model.eval()
     for times in (1, 4, 16):
         n = times * cfg.seq_len
@@ -117,8 +123,8 @@ def trained_model_rows(run: pathlib.Path, repeats: int) -> list[dict]:
         rows.append({"call": "evaluation forward", "n": n, "batch": 32, **count_and_time(read, repeats)})
     for row in rows:
         print(f"trained model, {row['call']}, n={row['n']}: {row['subnormal_results']:,} subnormal results;",
-              ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in row["step_s"].items()), flush=True)
-    return rows
+              described(row["step_s"]), flush=True)
+    return {"run": str(run), "step": saved_at, "rows": rows}
 
 
 def main() -> None:
@@ -135,14 +141,12 @@ def main() -> None:
         step, largest = memory_step(**size)
         rows.append({**size, "max_lr": size.get("max_lr", NeuralMemoryConfig().max_lr),
                      **count_and_time(step, args.repeats), "largest_weight": largest})
-        times = ", ".join(f"{k} {s * 1e3:.0f} ms" for k, s in rows[-1]["step_s"].items())
         print(size, f"{rows[-1]['subnormal_results']:,} subnormal results; largest W1 after "
-              f"{largest['after']['W1']:.1e};", times, flush=True)
+              f"{largest['after']['W1']:.1e};", described(rows[-1]["step_s"]), flush=True)
     payload = {"what": __doc__.split("\n\n")[0], "call": "y, _ = memory(x); y.square().mean().backward(), batch 2",
                "smoke": args.smoke, "repeats": args.repeats, "environment": environment(), "rows": rows}
     if args.trained is not None:
-        payload["trained_model"] = {"run": str(args.trained), "step": load_recall_run(args.trained)[2],
-                                    "rows": trained_model_rows(args.trained, args.repeats)}
+        payload["trained_model"] = trained_model(args.trained, args.repeats)
     payload["total_seconds"] = time.perf_counter() - start
     save_results(payload, args.out, OUT, args.smoke)
 
